@@ -1,0 +1,41 @@
+"""``lesion-diffkd predict``: segment images with a registered model or a checkpoint.
+
+Contract (relied on by later issues and outside checks): for each input ``<stem>.<ext>`` write
+``DIR/<stem>.png`` (consensus, uint8 {0,255}, input height and width), ``DIR/<stem>_uncertainty.png``
+(uint8, 0 = certain) and, with K > 1, ``DIR/<stem>_samples.tif`` (K, H, W uint8 {0,255}); print
+one JSON line per image; skip bad inputs by name; exit non-zero if any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment images; writes consensus, uncertainty, samples")
+    p.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    p.add_argument("--input", required=True, nargs="+", help="image files or folders")
+    p.add_argument("--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--samples", type=int, default=None, help="K masks per image (model default)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
+    p.add_argument("--sampler", default=None, help="ddim | ddpm | one-step | staged")
+    p.add_argument("--fusion", choices=("staple", "mean", "majority"), default="staple")
+    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same output")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_lesion_diffkd.core.predict_files import predict_files
+
+    return predict_files(
+        model=args.model,
+        inputs=args.input,
+        output_dir=args.output,
+        num_samples=args.samples,
+        num_steps=args.steps,
+        sampler=args.sampler,
+        fusion=args.fusion,
+        seed=args.seed,
+        device=args.device,
+    )

@@ -1,0 +1,1 @@
+"""Image/volume readers and writers, training datasets and procedural phantoms."""

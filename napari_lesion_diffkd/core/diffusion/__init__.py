@@ -1,0 +1,1 @@
+"""Noise schedules, prediction targets and samplers (each a separate object)."""

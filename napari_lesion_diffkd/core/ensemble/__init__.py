@@ -1,0 +1,1 @@
+"""Fusion of K sampled masks (mean, majority, STAPLE) and uncertainty maps."""

@@ -1,0 +1,1 @@
+"""Denoising networks: map (x_t, t, image condition) to a prediction."""

@@ -1,0 +1,1 @@
+"""Training loops as generators of progress events."""

@@ -1,0 +1,1 @@
+"""The thin napari layer: npe2 contributions, widgets and workers."""
