@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last checkpoint")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run)
 
 

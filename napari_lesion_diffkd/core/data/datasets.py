@@ -1,0 +1,127 @@
+"""Image/mask pair datasets on disk, group-aware splits, and in-memory tensors for training.
+
+Layout expected (the one of ../shared/data): ``<folder>/images/<id>.<ext>``,
+``<folder>/masks/<id>.png`` and optionally ``<folder>/metadata.csv`` with columns ``id`` and
+``group`` (patient / case / scan). Images that share a group are never split between training
+and validation.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_lesion_diffkd.core.data.preprocess import prepare_image, prepare_mask
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One image/mask pair. ``group`` defaults to ``dataset/id`` when no metadata says more."""
+
+    id: str
+    group: str
+    dataset: str
+    image_path: Path
+    mask_path: Path
+
+
+def scan_pairs(folder: str | Path) -> list[PairRecord]:
+    """List the image/mask pairs of one dataset folder, sorted by id.
+
+    Raises:
+        FileNotFoundError: the folder has no ``images/`` or ``masks/`` subfolder.
+    """
+    folder = Path(folder)
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise FileNotFoundError(f"{folder}: expected 'images/' and 'masks/' subfolders")
+    groups: dict[str, str] = {}
+    meta = folder / "metadata.csv"
+    if meta.is_file():
+        with meta.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if "id" in row:
+                    groups[row["id"]] = row.get("group") or row["id"]
+    records = []
+    for image_path in sorted(images_dir.iterdir()):
+        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        mask_path = masks_dir / f"{image_path.stem}.png"
+        if not mask_path.is_file():
+            continue
+        stem = image_path.stem
+        records.append(
+            PairRecord(stem, f"{folder.name}/{groups.get(stem, stem)}", folder.name,
+                       image_path, mask_path)
+        )
+    return records
+
+
+def group_split(
+    records: Sequence[PairRecord], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[PairRecord], list[PairRecord]]:
+    """Split pairs into (train, validation) by whole groups, reproducibly.
+
+    Groups are shuffled with ``numpy.random.default_rng(seed)`` and moved to validation until
+    it holds at least ``val_fraction`` of the images. Done per dataset, so a multi-dataset
+    split keeps each dataset's share.
+    """
+    train: list[PairRecord] = []
+    val: list[PairRecord] = []
+    by_dataset: dict[str, list[PairRecord]] = {}
+    for r in records:
+        by_dataset.setdefault(r.dataset, []).append(r)
+    for name in sorted(by_dataset):
+        recs = by_dataset[name]
+        groups = sorted({r.group for r in recs})
+        order = np.random.default_rng(seed).permutation(len(groups))
+        target = val_fraction * len(recs)
+        chosen: set[str] = set()
+        count = 0
+        for idx in order:
+            if count >= target:
+                break
+            g = groups[idx]
+            chosen.add(g)
+            count += sum(1 for r in recs if r.group == g)
+        train += [r for r in recs if r.group not in chosen]
+        val += [r for r in recs if r.group in chosen]
+    return train, val
+
+
+def read_pair(record: PairRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pair: image (Y, X) or (Y, X, 3) as stored, mask (Y, X) bool."""
+    from PIL import Image
+
+    with Image.open(record.image_path) as im:
+        image = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im)
+    with Image.open(record.mask_path) as im:
+        mask = np.asarray(im.convert("L")) > 127
+    if image.shape[:2] != mask.shape:
+        raise ValueError(
+            f"{record.id}: image {image.shape[:2]} and mask {mask.shape} differ in size"
+        )
+    return image, mask
+
+
+def load_tensors(
+    records: Sequence[PairRecord], size: int, channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load pairs into memory at the model's input size.
+
+    Returns:
+        images (N, channels, S, S) float32 in [-1, 1]; masks (N, 1, S, S) float32 in {-1, 1}.
+    """
+    images, masks = [], []
+    for r in records:
+        image, mask = read_pair(r)
+        images.append(prepare_image(image, size, channels))
+        masks.append(prepare_mask(mask, size))
+    return torch.stack(images), torch.stack(masks)

@@ -1,0 +1,120 @@
+"""Registered models: bundle folders found by name, and loading by name or path.
+
+Search order for a name: ``$NAPARI_LESION_DIFFKD_MODELS`` (``os.pathsep``-separated folders),
+the user cache ``$NAPARI_LESION_DIFFKD_CACHE`` (default ``~/.cache/napari-lesion-diffkd/models``),
+then the repository's ``models/`` folder (the committed defaults). A bundle is any
+subfolder holding ``config.json`` and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_lesion_diffkd.core.bundle import (
+    CONFIG_NAME,
+    BundleError,
+    ModelBundle,
+    load_bundle,
+    read_config,
+)
+
+MODELS_ENV_VAR = "NAPARI_LESION_DIFFKD_MODELS"
+CACHE_ENV_VAR = "NAPARI_LESION_DIFFKD_CACHE"
+
+
+class UnknownModelError(LookupError):
+    """No registered model has this name and no bundle exists at this path."""
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for bundles, highest priority first."""
+    dirs = [Path(p) for p in os.environ.get(MODELS_ENV_VAR, "").split(os.pathsep) if p]
+    cache = os.environ.get(CACHE_ENV_VAR)
+    dirs.append(Path(cache) if cache else Path.home() / ".cache" / "napari-lesion-diffkd")
+    dirs[-1] = dirs[-1] / "models" if not cache else dirs[-1]
+    dirs.append(Path(__file__).resolve().parents[2] / "models")
+    return dirs
+
+
+def _bundles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in model_dirs():
+        if not d.is_dir():
+            continue
+        for sub in sorted(d.iterdir()):
+            if (sub / CONFIG_NAME).is_file() and sub.name not in found:
+                found[sub.name] = sub
+    return found
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """Return the bundle folder for a registered name or a path to a bundle folder.
+
+    Raises:
+        UnknownModelError: with the list of known names.
+    """
+    path = Path(name_or_path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return path
+    if path.is_file() and path.name == CONFIG_NAME:
+        return path.parent
+    bundles = _bundles()
+    if str(name_or_path) in bundles:
+        return bundles[str(name_or_path)]
+    known = ", ".join(sorted(bundles)) or "none"
+    raise UnknownModelError(
+        f"unknown model {str(name_or_path)!r}: not a registered name (known: {known}) "
+        "and not a bundle folder with config.json"
+    )
+
+
+def load_model(name_or_path: str | os.PathLike, device: str = "cpu") -> ModelBundle:
+    """Load a registered or user model onto ``device`` ("auto", "cpu", "cuda", "mps")."""
+    return load_bundle(resolve_model(name_or_path), resolve_device(device))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; an unavailable device is an error."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available (use auto/cpu)")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("device 'mps' requested but Apple MPS is not available (use auto/cpu)")
+    return torch.device(name)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One summary row per registered bundle: name, modality, role, params, input_size,
+    val_dice, path. Bundles with unreadable configs are listed with role ``"broken"``."""
+    rows = []
+    for name, folder in sorted(_bundles().items()):
+        try:
+            cfg = read_config(folder)
+        except BundleError:
+            rows.append({"name": name, "modality": "?", "role": "broken", "params": 0,
+                         "input_size": None, "val_dice": None, "path": str(folder)})
+            continue
+        rows.append(
+            {
+                "name": name,
+                "modality": cfg.get("modality", "?"),
+                "role": cfg.get("role", "?"),
+                "params": int(cfg.get("num_parameters", 0)),
+                "input_size": cfg.get("input", {}).get("size"),
+                "val_dice": cfg.get("metrics", {}).get("dice"),
+                "path": str(folder),
+            }
+        )
+    return rows
