@@ -55,3 +55,32 @@ def real_masks(data_root: Path) -> list[np.ndarray]:
         for _, mask_path in _first_pairs(data_root / name, 3):
             out.append(imread(mask_path) > 127)
     return out
+
+
+@pytest.fixture(scope="session")
+def ph2_subset(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """A dataset folder with the first 12 PH2 pairs (symlinks) and their metadata rows."""
+    src = data_root / "ph2_dermoscopy"
+    dst = tmp_path_factory.mktemp("ph2_subset")
+    (dst / "images").mkdir()
+    (dst / "masks").mkdir()
+    ids = []
+    for image, mask in _first_pairs(src, 12):
+        (dst / "images" / image.name).symlink_to(image)
+        (dst / "masks" / mask.name).symlink_to(mask)
+        ids.append(image.stem)
+    (dst / "metadata.csv").write_text("id,group\n" + "".join(f"{i},{i}\n" for i in ids))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, ph2_subset: Path) -> Path:
+    """A tiny model trained through the CLI on 12 real PH2 pairs (a few seconds)."""
+    from napari_lesion_diffkd.cli import main
+
+    out = tmp_path_factory.mktemp("models") / "tiny-dermoscopy"
+    config = Path(__file__).parent / "fixtures" / "tiny_train.yaml"
+    code = main(["train", "--config", str(config), "--data", str(ph2_subset),
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    return out

@@ -1,0 +1,165 @@
+"""Evaluate a training run on its own validation split and register it under models/.
+
+Usage:
+    python scripts/register_model.py RUN_DIR [--models-dir models] [--data-licence TEXT]
+
+Reads RUN_DIR/config.json (written by ``lesion-diffkd train``), re-creates the validation
+split from its provenance (only images the model never trained on), segments each one as
+``lesion-diffkd predict`` would, stores Dice/IoU/HD95 in the config, copies the bundle
+(config.json + model.safetensors) to MODELS_DIR/<name>/ and writes the model card README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from napari_lesion_diffkd.core.bundle import CONFIG_NAME, WEIGHTS_NAME, load_bundle
+from napari_lesion_diffkd.core.data.datasets import scan_pairs
+from napari_lesion_diffkd.core.evaluation import evaluate_bundle
+from napari_lesion_diffkd.core.jobs import run_to_completion
+
+LICENCES = {
+    "ph2_dermoscopy": "PH2 (Mendonça et al., EMBC 2013): free for research and education with "
+    "citation; no formal open licence - treat as non-commercial research use",
+    "busbra_breast_ultrasound": "BUS-BRA (Gómez-Flores et al., Med. Phys. 2024): MIT-style "
+    "dataset licence, cite the article and keep the notice",
+    "ddti_thyroid_ultrasound": "DDTI (Pedraza et al., SPIE 2015): open access, no explicit "
+    "licence - research use with citation",
+    "covid19_ct_infection": "COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., "
+    "Zenodo 2020): reported CC BY 4.0, Radiopaedia scans CC BY-NC-SA 3.0 - non-commercial "
+    "research use with attribution",
+}
+
+
+def model_card(config: dict, evaluation: dict) -> str:
+    prov = config["provenance"]
+    split = prov["split"]
+    tc = prov["train_config"]
+    datasets = sorted({Path(d).name for d in prov.get("data", [])})
+    m = evaluation["mean"]
+    lines = [
+        f"# {config['name']}",
+        "",
+        f"{config['role'].capitalize()} model for **{config['modality']}** lesion segmentation: "
+        f"a conditional diffusion network ({config['network']['_class_name']}) that denoises a "
+        "lesion mask given the image, so each run draws K different plausible masks; "
+        "their spread is the uncertainty map and STAPLE fuses them into the consensus.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| parameters | {config['num_parameters']:,} |",
+        f"| input | {config['input']['channels']}-channel image resized to "
+        f"{config['input']['size']} x {config['input']['size']} px, [-1, 1] |",
+        f"| prediction target | {config['prediction_target']} |",
+        f"| noise schedule | {config['schedule']['kind']}, T = {config['schedule']['num_timesteps']} |",
+        f"| default sampler | {config['sampler']} |",
+        f"| weights | fp16 safetensors, {WEIGHTS_NAME} |",
+        f"| package version | {config['package_version']} (torch {config['torch_version']}) |",
+        "",
+        "## Data and licence",
+        "",
+    ]
+    for name in datasets:
+        lines.append(f"- `{name}`: {LICENCES.get(name, 'see the dataset README')}")
+    lines += [
+        "",
+        "The data are read from `../shared/data` at training time and are not distributed "
+        "with this project.",
+        "",
+        "## Split",
+        "",
+        f"Group-aware (patient / case / scan never on both sides), {split['val_fraction']:.0%} "
+        f"of the images per dataset, seed {split['seed']}: {split['n_train']} training and "
+        f"{split['n_val']} validation images. The validation ids are listed in `config.json` "
+        "(`provenance.split.val_ids`); the model never trained on them.",
+        "",
+        "## Validation metrics",
+        "",
+        f"Computed by `scripts/register_model.py` at each image's original resolution, with the "
+        f"default sampler, K = {evaluation['settings']['num_samples']} and "
+        f"{evaluation['settings']['fusion']} fusion (seed 0). HD95 in pixels.",
+        "",
+        "| split | n | Dice | IoU | HD95 (px) | sensitivity | specificity |",
+        "|---|---|---|---|---|---|---|",
+        f"| all validation | {evaluation['n']} | {m['dice']:.4f} | {m['iou']:.4f} | "
+        f"{m['hd95']:.2f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} |",
+    ]
+    for name, d in evaluation["by_dataset"].items():
+        lines.append(f"| {name} | {d['n']} | {d['dice']:.4f} | {d['iou']:.4f} | "
+                     f"{d['hd95']:.2f} | {d['sensitivity']:.4f} | {d['specificity']:.4f} |")
+    lines += [
+        "",
+        f"Median Dice {evaluation['median']['dice']:.4f}; median CPU time per image "
+        f"(K = {evaluation['settings']['num_samples']}, 2-core VM) "
+        f"{evaluation['seconds_per_image_median']:.3f} s.",
+        "",
+        "## Training",
+        "",
+        f"{prov['steps']} steps of batch {tc['batch_size']} in {prov['train_seconds'] / 60:.1f} "
+        f"minutes on a 2-core CPU; AdamW lr {tc['lr']} with warm-up and cosine decay, EMA "
+        f"{tc['ema_decay']}, bf16 autocast: {tc['amp_bf16']}; flips, 90° rotations, affine, "
+        "brightness/contrast/gamma and coarse dropout. Weights with the best validation Dice "
+        "(at model resolution, checked every "
+        f"{tc['val_every']} steps) are kept.",
+        "",
+        "Command:",
+        "",
+        "```",
+        f"{prov.get('command')}",
+        f"python scripts/register_model.py {prov.get('out_dir', 'RUN_DIR')}",
+        "```",
+        "",
+        f"Code commit: `{prov.get('git_commit')}`.",
+        "",
+        "## Limitations",
+        "",
+        "- Trained on one public dataset per modality, at low resolution; not a medical device, "
+        "for research and annotation assistance only.",
+        "- Uncertainty reflects the diffusion samples' disagreement, not calibrated "
+        "probabilities.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--models-dir", default=str(Path(__file__).resolve().parents[1] / "models"))
+    parser.add_argument("--samples", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    run = Path(args.run_dir)
+    bundle = load_bundle(run)
+    prov = bundle.config["provenance"]
+    records = [r for folder in prov["data"] for r in scan_pairs(folder)]
+    val_ids = set(prov["split"]["val_ids"])
+    val = [r for r in records if r.id in val_ids]
+    if len(val) != len(val_ids):
+        print(f"error: found {len(val)} of {len(val_ids)} validation images", file=sys.stderr)
+        return 1
+    k = args.samples or bundle.config["sampler"].get("num_samples", 8)
+    evaluation = run_to_completion(evaluate_bundle(bundle, val, num_samples=k))
+    evaluation["settings"] = {"num_samples": k, "fusion": "staple"}
+    config = json.loads((run / CONFIG_NAME).read_text())
+    m = evaluation["mean"]
+    config["metrics"].update({"dice": m["dice"], "iou": m["iou"], "hd95_px": m["hd95"],
+                              "n_val": evaluation["n"], "by_dataset": evaluation["by_dataset"],
+                              "eval_num_samples": k, "eval_fusion": "staple"})
+    config["provenance"]["out_dir"] = str(run)
+    dest = Path(args.models_dir) / config["name"]
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / WEIGHTS_NAME, dest / WEIGHTS_NAME)
+    (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (dest / "README.md").write_text(model_card(config, evaluation))
+    print(json.dumps({"name": config["name"], "dice": m["dice"], "iou": m["iou"],
+                      "hd95_px": m["hd95"], "n_val": evaluation["n"], "dest": str(dest)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
