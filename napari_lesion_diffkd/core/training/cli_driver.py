@@ -77,13 +77,22 @@ def train_from_cli(args: argparse.Namespace) -> int:
         if len(sys.argv) > 1 else None,
         "git_commit": git_commit(),
     }
+    from napari_lesion_diffkd.core.training.distributed import init_from_env
+
     device = resolve_device(args.device)
+    info, device = init_from_env(device)  # no-op unless launched by torchrun
     result = run_to_completion(
         train(config, records, args.out, device=device, resume=args.resume,
               provenance=provenance),
-        on_event=_ConsoleProgress(),
+        on_event=_ConsoleProgress() if info.is_main else None,
     )
-    sys.stderr.write("\n")
+    if info.is_main:
+        sys.stderr.write("\n")
     summary = {k: v for k, v in result.items() if k != "val_records"}
-    print(json.dumps(summary))
-    return 0
+    summary["rank"] = info.rank
+    print(json.dumps(summary), flush=True)
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0 if summary.get("ranks_agree", True) else 1

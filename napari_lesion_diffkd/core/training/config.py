@@ -34,6 +34,18 @@ class TrainConfig:
         augment: use ``augment_batch``.
         sampler: default inference sampler stored in the bundle.
         seed: RNG seed for init, data order, noise and augmentation.
+        objective: ``"diffusion"`` (prediction-target loss; the default), ``"staged"``
+            (UniSegDiff's staged dual-head loss, seed 004) or ``"segmentation"`` (a plain
+            supervised network such as ``SegUNet``: the baseline, no diffusion).
+        boundary_loss_weight: weight of seed 000's boundary-aware loss (eq. 1) added to the
+            diffusion loss (0 disables).
+        leaf_lambda: weight of LEAF's feature alignment (seed 001 eq. 5; 0 disables);
+            ``leaf_encoder`` is a SegUNet bundle folder (the frozen encoder) and
+            ``leaf_feature_module`` the hooked submodule of the denoiser.
+        condition_bundle: a trained SegUNet bundle whose weights initialise (and freeze)
+            a UniSegDiff network's condition network.
+        lr_schedule: ``"cosine"`` over ``max_steps`` or ``"plateau"`` (LR x ``plateau_factor``
+            after ``plateau_patience`` validations without a better Dice).
     """
 
     name: str = "model"
@@ -71,6 +83,15 @@ class TrainConfig:
         default_factory=lambda: {"name": "ddim", "num_steps": 4, "num_samples": 8}
     )
     seed: int = 0
+    objective: str = "diffusion"
+    boundary_loss_weight: float = 0.0
+    leaf_lambda: float = 0.0
+    leaf_encoder: str | None = None
+    leaf_feature_module: str = "mid"
+    condition_bundle: str | None = None
+    lr_schedule: str = "cosine"
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -1,14 +1,19 @@
-"""Training of a conditional diffusion segmenter, as a generator of :class:`JobEvent`.
+"""Training of a segmentation network, as a generator of :class:`JobEvent`.
 
 ``train(...)`` yields progress/metric/checkpoint events and returns a summary dict. It can be
 stopped between yields (closing the generator); the last ``checkpoint.pt`` then allows
-``resume=True`` to continue with the same data order, noise and augmentation (all random
-draws come from one ``torch.Generator`` whose state is checkpointed).
+``resume=True`` to continue with the same data order, noise and augmentation: all random
+draws come from one ``torch.Generator`` whose state is checkpointed.
 
-Outputs in ``out_dir``: ``checkpoint.pt`` (for resume; plain tensors and numbers, loaded with
+Under ``torchrun`` (see ``distributed.py``) the network is wrapped in DistributedDataParallel.
+Every rank draws the same global batch (``batch_size * world_size`` images) from the shared
+generator and trains on its own slice of it, so data order and resume stay exact; only rank 0
+validates and writes files.
+
+Outputs in ``out_dir``: ``checkpoint.pt`` (plain tensors and numbers, read back with
 ``weights_only=True``), ``train_log.jsonl`` (one JSON object per logged step / validation),
-and the model bundle (``config.json`` + ``model.safetensors``) holding the EMA weights with the
-best validation Dice.
+``train_curves.png``, and the model bundle (``config.json`` + ``model.safetensors``) holding
+the EMA weights with the best validation Dice.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -31,11 +37,14 @@ from napari_lesion_diffkd.core.diffusion.schedules import NoiseSchedule
 from napari_lesion_diffkd.core.diffusion.targets import training_target
 from napari_lesion_diffkd.core.jobs import JobEvent
 from napari_lesion_diffkd.core.networks.registry import build_network
+from napari_lesion_diffkd.core.training import distributed as ddp
 from napari_lesion_diffkd.core.training.augment import augment_batch
 from napari_lesion_diffkd.core.training.config import TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
+PLOT_NAME = "train_curves.png"
+OBJECTIVES = ("diffusion", "staged", "segmentation")
 
 
 def soft_dice_loss(pred_prob: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
@@ -67,40 +76,62 @@ def sample_timesteps(
     return torch.where(pick_high, high, uniform)
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to 5% over ``max_steps``."""
+def lr_at(step: int, config: TrainConfig, plateau_scale: float = 1.0) -> float:
+    """Linear warm-up, then cosine decay to 5% over ``max_steps`` or the plateau scale."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    if config.lr_schedule == "plateau":
+        return config.lr * plateau_scale
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
-def validation_dice(
+def predict_masks(
     network: nn.Module,
     schedule: NoiseSchedule,
     config: TrainConfig,
     images: torch.Tensor,
-    masks: torch.Tensor,
     batch: int = 16,
-) -> float:
-    """Mean Dice at the model resolution: DDIM with ``val_steps``, K = ``val_samples``
-    samples averaged in [-1, 1] and thresholded at 0 (seed 000's fusion)."""
+) -> torch.Tensor:
+    """Masks (N, 1, H, W) bool at model resolution, as validation sees them.
+
+    Diffusion objectives: DDIM with ``val_steps``, K = ``val_samples`` samples averaged in
+    [-1, 1] and thresholded at 0 (seed 000's fusion). Segmentation: logits > 0.
+    """
     from napari_lesion_diffkd.core.diffusion.samplers import build_sampler
     from napari_lesion_diffkd.core.jobs import run_to_completion
 
-    sampler = build_sampler("ddim", schedule, config.prediction_target, num_steps=config.val_steps)
-    dices = []
+    out = []
+    if config.objective == "segmentation":
+        for i in range(0, len(images), batch):
+            out.append(network(images[i : i + batch]) > 0)
+        return torch.cat(out)
+    target = "epsilon" if config.objective == "staged" else config.prediction_target
+    sampler = build_sampler("ddim", schedule, target, num_steps=config.val_steps)
     seeds = list(range(config.val_samples))
     for i in range(0, len(images), batch):
-        img = images[i : i + batch]
-        x0 = run_to_completion(sampler.sample(network, img, config.val_samples, seeds=seeds))
-        pred = x0.mean(dim=1) > 0  # (N, 1, H, W)
-        gt = masks[i : i + batch] > 0
-        inter = (pred & gt).sum(dim=(1, 2, 3)).float()
-        total = pred.sum(dim=(1, 2, 3)).float() + gt.sum(dim=(1, 2, 3)).float()
-        dices.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
-    return float(torch.cat(dices).mean())
+        x0 = run_to_completion(sampler.sample(network, images[i : i + batch],
+                                              config.val_samples, seeds=seeds))
+        out.append(x0.mean(dim=1) > 0)
+    return torch.cat(out)
+
+
+def validation_metrics(
+    network: nn.Module, schedule: NoiseSchedule, config: TrainConfig,
+    images: torch.Tensor, masks: torch.Tensor,
+) -> dict[str, float]:
+    """Mean Dice and HD95 (pixels at model resolution; finite values only) on the val set."""
+    from napari_lesion_diffkd.core.metrics import dice, hd95
+
+    pred = predict_masks(network, schedule, config, images).cpu().numpy()[:, 0]
+    gt = (masks > 0).cpu().numpy()[:, 0]
+    dices = [dice(p, g) for p, g in zip(pred, gt)]
+    hds = [hd95(p, g) for p, g in zip(pred, gt)]
+    finite = [h for h in hds if np.isfinite(h)]
+    return {"val_dice": float(np.mean(dices)),
+            "val_hd95": float(np.mean(finite)) if finite else float("nan")}
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -111,6 +142,101 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.copy_(b)
 
 
+class _Objective:
+    """Computes the training loss of one batch for the configured objective."""
+
+    def __init__(self, config: TrainConfig, schedule: NoiseSchedule, device: torch.device):
+        if config.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
+        self.config, self.schedule, self.device = config, schedule, device
+        self.aligner: nn.Module | None = None
+        self.encoder: Any = None
+        if config.leaf_lambda > 0:
+            self._setup_leaf()
+
+    def _setup_leaf(self) -> None:
+        from napari_lesion_diffkd.core.bundle import load_bundle
+
+        if not self.config.leaf_encoder:
+            raise ValueError("leaf_lambda > 0 needs leaf_encoder (a SegUNet bundle folder)")
+        encoder_bundle = load_bundle(self.config.leaf_encoder, self.device)
+        self.encoder = encoder_bundle.network.eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return [] if self.aligner is None else list(self.aligner.parameters())
+
+    def __call__(self, network: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                 gen: torch.Generator, part: slice = slice(None)) -> torch.Tensor:
+        """Loss on rows ``part`` of the (global) batch ``images`` (B, C, H, W), ``masks``
+        (B, 1, H, W) in {-1, 1}. Noise and timesteps are drawn for all B rows so that every
+        DDP rank advances the shared generator identically."""
+        c = self.config
+        if c.objective == "segmentation":
+            from napari_lesion_diffkd.core.training.objectives import segmentation_loss
+
+            return segmentation_loss(network(images[part]), (masks[part] + 1) / 2)
+        if c.objective == "staged":
+            from napari_lesion_diffkd.core.training.objectives import staged_loss
+
+            # staged_loss draws for the rows it gets: under DDP every rank draws the same
+            # numbers for its own (different) images.
+            loss, _ = staged_loss(network, images[part], masks[part], self.schedule, gen)
+            return loss
+        noise = torch.randn(masks.shape, generator=gen).to(self.device)[part]
+        t = sample_timesteps(len(masks), c, self.schedule.num_timesteps, gen).to(self.device)[part]
+        images, masks = images[part], masks[part]
+        x_t = self.schedule.add_noise(masks, noise, t)
+        target = training_target(c.prediction_target, masks, noise, t, self.schedule)
+        if c.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        features = None
+        if c.leaf_lambda > 0:
+            from napari_lesion_diffkd.core.training.objectives import capture_features
+
+            with capture_features(_unwrap(network), c.leaf_feature_module) as captured:
+                output = network(x_t, t.float(), images)
+            features = captured.get("features") if isinstance(captured, dict) else captured[0]
+        else:
+            output = network(x_t, t.float(), images)
+        loss = diffusion_loss(output, target, masks, c.prediction_target)
+        if c.boundary_loss_weight > 0:
+            from napari_lesion_diffkd.core.training.losses import boundary_aware_loss
+
+            loss = loss + c.boundary_loss_weight * boundary_aware_loss(
+                output.float(), target, (masks + 1) / 2, t, self.schedule.num_timesteps)
+        if features is not None:
+            loss = loss + c.leaf_lambda * self._alignment(features, images)
+        return loss
+
+    def _alignment(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        from napari_lesion_diffkd.core.training.objectives import FeatureAligner, alignment_loss
+
+        with torch.no_grad():
+            target = self.encoder.features(images)[-1].float()
+        if self.aligner is None:
+            self.aligner = FeatureAligner(features.shape[1], target.shape[1]).to(self.device)
+            self.new_parameters = True
+        projected = self.aligner(features.float(), size=target.shape[-2:])
+        return alignment_loss(projected, target)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+
+
+def _build(config: TrainConfig, device: torch.device) -> nn.Module:
+    network = build_network({**config.network, "image_channels": config.image_channels})
+    if config.condition_bundle:
+        from napari_lesion_diffkd.core.bundle import load_bundle
+
+        seg = load_bundle(config.condition_bundle)
+        network.load_condition_state(seg.network.state_dict())
+        network.freeze_condition()
+    return network.to(device)
+
+
 def train(
     config: TrainConfig,
     records: Sequence[PairRecord],
@@ -119,19 +245,21 @@ def train(
     resume: bool = False,
     provenance: dict[str, Any] | None = None,
 ) -> Generator[JobEvent, None, dict[str, Any]]:
-    """Train a diffusion segmenter; yields events, returns a summary dict.
+    """Train a network; yields events, returns a summary dict.
 
     Args:
         config: the run configuration.
         records: all image/mask pairs; split here into train/validation by group.
-        out_dir: folder for checkpoint, log and the resulting bundle.
-        device: torch device.
+        out_dir: folder for checkpoint, log, plot and the resulting bundle.
+        device: torch device (under torchrun, CUDA ranks use their local GPU).
         resume: continue from ``out_dir/checkpoint.pt`` (error if absent).
         provenance: extra facts stored in the bundle (data folders, command line, ...).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    info = ddp.current()
     device = torch.device(device)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     train_recs, val_recs = group_split(records, config.val_fraction, config.split_seed)
     if not train_recs:
         raise ValueError("no training images after the split: need more data or groups")
@@ -141,19 +269,19 @@ def train(
     train_x, train_y = train_x.to(device), train_y.to(device)
 
     torch.manual_seed(config.seed)
-    network = build_network(
-        {**config.network, "image_channels": config.image_channels}
-    ).to(device)
+    network = _build(config, device)
     if config.channels_last:
         network = network.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(network).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     schedule = NoiseSchedule.from_config(config.schedule)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    objective = _Objective(config, schedule, device)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    model = nn.parallel.DistributedDataParallel(network) if info.enabled else network
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
-    step, best_dice, best_state = 0, -1.0, None
+    step, best_dice, best_state, plateau_scale, stale = 0, -1.0, None, 1.0, 0
     order: list[int] = []
     elapsed_before = 0.0
 
@@ -167,25 +295,31 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
         step, best_dice = int(ckpt["step"]), float(ckpt["best_dice"])
+        plateau_scale, stale = float(ckpt["plateau_scale"]), int(ckpt["stale"])
         order = [int(i) for i in ckpt["order"].tolist()]
         elapsed_before = float(ckpt["elapsed"])
         best_state = ckpt.get("best_state") or None
         yield JobEvent("log", step=step, total=config.max_steps, message=f"resumed at step {step}")
 
-    log = (out / LOG_NAME).open("a")
+    log = (out / LOG_NAME).open("a") if info.is_main else None
     start = time.monotonic()
     n = len(train_x)
     running = 0.0
+    global_batch = config.batch_size * info.world_size
+
+    def write_log(entry: dict[str, Any]) -> None:
+        if log is not None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
 
     def save_checkpoint() -> None:
+        if not info.is_main:
+            return
         payload = {
-            "model": network.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": gen.get_state(),
-            "step": step,
-            "best_dice": best_dice,
-            "order": torch.tensor(order, dtype=torch.long),
+            "model": network.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+            "step": step, "best_dice": best_dice, "plateau_scale": plateau_scale,
+            "stale": stale, "order": torch.tensor(order, dtype=torch.long),
             "elapsed": elapsed_before + time.monotonic() - start,
             "best_state": best_state or {},
         }
@@ -193,92 +327,112 @@ def train(
         torch.save(payload, tmp)
         tmp.replace(ckpt_path)
 
+    def validate() -> JobEvent | None:
+        nonlocal best_dice, best_state, plateau_scale, stale
+        if not info.is_main or not len(val_x):
+            return None
+        metrics = validation_metrics(ema, schedule, config, val_x.to(device), val_y.to(device))
+        if metrics["val_dice"] > best_dice:
+            best_dice, stale = metrics["val_dice"], 0
+            best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        else:
+            stale += 1
+            if config.lr_schedule == "plateau" and stale >= config.plateau_patience:
+                plateau_scale, stale = plateau_scale * config.plateau_factor, 0
+        write_log({"step": step, **metrics})
+        return JobEvent("metric", step=step, total=config.max_steps,
+                        message=f"validation Dice {metrics['val_dice']:.4f}, "
+                                f"HD95 {metrics['val_hd95']:.2f} px", values=metrics)
+
     try:
         while step < config.max_steps:
             minutes = (elapsed_before + time.monotonic() - start) / 60
-            if config.max_minutes is not None and minutes >= config.max_minutes:
+            over = config.max_minutes is not None and minutes >= config.max_minutes
+            if ddp.broadcast_flag(over, info):
                 yield JobEvent("log", step=step, total=config.max_steps,
                                message=f"time budget of {config.max_minutes} min reached")
                 break
-            if len(order) < config.batch_size:
+            while len(order) < global_batch:
                 order += torch.randperm(n, generator=gen).tolist()
-            idx, order = order[: config.batch_size], order[config.batch_size :]
+            idx, order = order[:global_batch], order[global_batch:]
             images, masks = train_x[idx], train_y[idx]
             if config.augment:
                 images, masks = augment_batch(images, masks, gen)
-            noise = torch.randn(masks.shape, generator=gen).to(device)
-            t = sample_timesteps(len(idx), config, schedule.num_timesteps, gen).to(device)
-            x_t = schedule.add_noise(masks, noise, t)
-            target = training_target(config.prediction_target, masks, noise, t, schedule)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(step, config, plateau_scale)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            network.train()
+                group["lr"] = lr
+            model.train()
+            # Each rank draws the global batch's noise (same generator) and keeps its slice.
+            part = slice(info.rank * config.batch_size, (info.rank + 1) * config.batch_size)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16):
-                if config.channels_last:
-                    x_t = x_t.contiguous(memory_format=torch.channels_last)
-                    images = images.contiguous(memory_format=torch.channels_last)
-                output = network(x_t, t.float(), images)
-            loss = diffusion_loss(output, target, masks, config.prediction_target)
+                loss = objective(model, images, masks, gen, part)
+            if objective.extra_parameters() and getattr(objective, "new_parameters", False):
+                optimizer.add_param_group({"params": objective.extra_parameters()})
+                objective.new_parameters = False
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             _ema_update(ema, network, config.ema_decay if step >= config.warmup_steps else 0.0)
             step += 1
-            running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
+            value = float(loss.detach())
+            running = value if step == 1 else 0.95 * running + 0.05 * value
             if step % 10 == 0 or step == config.max_steps:
-                entry = {"step": step, "loss": running, "lr": lr_at(step - 1, config),
-                         "seconds": round(elapsed_before + time.monotonic() - start, 2)}
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
+                write_log({"step": step, "loss": running, "lr": lr,
+                           "seconds": round(elapsed_before + time.monotonic() - start, 2)})
             yield JobEvent("progress", step=step, total=config.max_steps, message="training",
                            values={"loss": running})
-            if len(val_x) and (step % config.val_every == 0 or step == config.max_steps):
-                dice = validation_dice(ema, schedule, config, val_x.to(device), val_y.to(device))
-                if dice > best_dice:
-                    best_dice = dice
-                    best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
-                log.write(json.dumps({"step": step, "val_dice": dice}) + "\n")
-                log.flush()
-                yield JobEvent("metric", step=step, total=config.max_steps,
-                               message=f"validation Dice {dice:.4f}", values={"val_dice": dice})
+            if step % config.val_every == 0 or step == config.max_steps:
+                event = validate()
+                if event is not None:
+                    yield event
             if step % config.checkpoint_every == 0:
                 save_checkpoint()
+                ddp.barrier(info)
                 yield JobEvent("checkpoint", step=step, total=config.max_steps,
                                message=str(ckpt_path))
     finally:
-        log.close()
+        if log is not None:
+            log.close()
 
-    if len(val_x) and (best_state is None or step % config.val_every):
-        dice = validation_dice(ema, schedule, config, val_x.to(device), val_y.to(device))
-        if dice > best_dice:
-            best_dice, best_state = dice, {k: v.detach().clone() for k, v in ema.state_dict().items()}
+    if step % config.val_every and (best_state is None or step != config.max_steps):
+        validate()
     save_checkpoint()
+    agree = ddp.parameters_agree(network, info)
+    ddp.barrier(info)
+    seconds = elapsed_before + time.monotonic() - start
+    summary = {"steps": step, "best_val_dice": best_dice, "seconds": seconds,
+               "out_dir": str(out), "val_records": val_recs, "world_size": info.world_size,
+               "ranks_agree": agree}
+    if not info.is_main:
+        return summary
     if best_state:
         ema.load_state_dict(best_state)
     ema = ema.to(memory_format=torch.contiguous_format)
-    seconds = elapsed_before + time.monotonic() - start
+    try:
+        from napari_lesion_diffkd.core.training.plot import plot_training_log
+
+        plot_training_log(out / LOG_NAME, out / PLOT_NAME)
+    except (ValueError, OSError) as exc:  # a plot must never fail a finished run
+        yield JobEvent("log", message=f"could not plot the curves: {exc}")
     bundle_config = {
-        "name": config.name,
-        "modality": config.modality,
-        "role": config.role,
-        "prediction_target": config.prediction_target,
+        "name": config.name, "modality": config.modality, "role": config.role,
+        "objective": config.objective, "prediction_target": config.prediction_target,
         "input": {"size": config.input_size, "channels": config.image_channels,
                   "normalisation": "resize to S x S (bilinear), scale to [0, 1], map to [-1, 1]"},
         "sampler": dict(config.sampler),
         "num_parameters": sum(p.numel() for p in ema.parameters()),
         "metrics": {"model_resolution_dice": best_dice},
         "provenance": {
-            **(provenance or {}),
-            "train_config": config.to_dict(),
-            "steps": step,
-            "train_seconds": round(seconds, 1),
+            **(provenance or {}), "train_config": config.to_dict(), "steps": step,
+            "train_seconds": round(seconds, 1), "world_size": info.world_size,
             "split": {"method": "group", "val_fraction": config.val_fraction,
                       "seed": config.split_seed, "n_train": len(train_recs),
                       "n_val": len(val_recs), "val_ids": [r.id for r in val_recs]},
         },
     }
     save_bundle(out, ema, schedule, bundle_config)
-    return {"steps": step, "best_val_dice": best_dice, "seconds": seconds, "out_dir": str(out),
-            "val_records": val_recs}
+    return summary
