@@ -114,6 +114,8 @@ def segment_image(
             f"expected a 2D image (Y, X) or (Y, X, 3); got shape {image.shape} "
             "(segment volumes slice by slice)"
         )
+    if bundle.config.get("objective") == "segmentation":
+        return (yield from _segment_deterministic(bundle, image))
     k = int(num_samples or bundle.config.get("sampler", {}).get("num_samples", 8))
     if k < 1:
         raise ValueError(f"num_samples must be >= 1, got {k}")
@@ -146,4 +148,28 @@ def segment_image(
             "fusion": fusion,
             "seed": seed,
         },
+    )
+
+
+def _segment_deterministic(
+    bundle: ModelBundle, image: np.ndarray
+) -> Generator[JobEvent, None, SegmentationResult]:
+    """A plain segmentation network (the baseline): one mask, uncertainty = entropy of its
+    own foreground probability."""
+    from napari_lesion_diffkd.core.ensemble.uncertainty import binary_entropy
+
+    start = time.perf_counter()
+    device = next(bundle.network.parameters()).device
+    cond = prepare_image(image, bundle.input_size, bundle.image_channels)[None].to(device)
+    with torch.no_grad():
+        logits = bundle.network(cond)
+    yield JobEvent("progress", step=1, total=1, message="segmenting")
+    prob = resize_maps(torch.sigmoid(logits[:, 0].float().cpu()), image.shape[:2])[0]
+    mask = (prob > 0.5).numpy()
+    return SegmentationResult(
+        samples=mask[None], probability=prob.numpy().astype(np.float32), consensus=mask,
+        uncertainty=binary_entropy(prob).numpy().astype(np.float32),
+        sensitivity=None, specificity=None, scores={}, seconds=time.perf_counter() - start,
+        settings={"model": bundle.name, "num_samples": 1, "sampler": None,
+                  "fusion": None, "seed": None},
     )

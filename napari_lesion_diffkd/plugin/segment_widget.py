@@ -42,7 +42,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.last_result: Any = None
-        self._bundles: dict[tuple[str, str], Any] = {}
+        self._bundles: dict[str, Any] = {}  # loaded models by name, reused across runs
         self._target: dict[str, Any] = {}
 
         self.image_combo = QComboBox()
@@ -184,11 +184,10 @@ class SegmentWidget(QWidget):
             from napari_lesion_diffkd.core.registry import load_model
             from napari_lesion_diffkd.core.segmenter import segment_image
 
-            key = (model, "cpu")
-            if key not in cache:
+            if model not in cache:
                 yield JobEvent("log", message=f"loading {model}")
-                cache[key] = load_model(model, device="auto")
-            result = yield from segment_image(cache[key], image, **settings)
+                cache[model] = load_model(model, device="auto")
+            result = yield from segment_image(cache[model], image, **settings)
             return result
 
         from napari_lesion_diffkd.plugin._workers import start_generator_worker

@@ -249,7 +249,7 @@ def test_input_forms_and_validation():
     c = staple([d[0], d[1], torch.from_numpy(d[2].astype(np.uint8))])
     torch.testing.assert_close(a.probability, b.probability)
     torch.testing.assert_close(a.probability, c.probability)
-    # more than 64 raters use the byte-row fallback of the pattern compression
+    # more than 63 raters pack their votes in chunks, combined by exact re-ranking
     many = rng.random((70, 9, 9)) < 0.5
     many[:, :4] = rng.random((1, 4, 9)) < 0.5
     r = staple(many, max_iterations=5)
@@ -265,3 +265,97 @@ def test_input_forms_and_validation():
         staple(d, max_iterations=0)
     with pytest.raises(ValueError, match="negative"):
         staple(np.where(d, 1.0, -1.0))  # raw [-1, 1] samples are not masks
+
+
+def test_torch_input_returns_documented_tensor_types():
+    rng = np.random.default_rng(12)
+    truth = ndi.gaussian_filter(rng.random((2, 30, 34)), (0, 3, 3)) > 0.5
+    d = np.stack([_raters_from_truth(rng, t, 5) for t in truth])  # (2, 5, 30, 34)
+    ref = staple(d)
+    for t in (
+        torch.from_numpy(d),  # bool
+        torch.from_numpy(d).to(torch.uint8),
+        torch.from_numpy(d).float().requires_grad_(),  # detached inside
+        torch.from_numpy(d).permute(0, 1, 3, 2).contiguous().transpose(2, 3),  # strided
+    ):
+        res = staple(t)
+        assert isinstance(res, StapleResult)
+        dtypes = {
+            "probability": torch.float32,
+            "sensitivity": torch.float64,
+            "specificity": torch.float64,
+            "iterations": torch.int64,
+            "converged": torch.bool,
+            "prior": torch.float64,
+        }
+        shapes = {
+            "probability": (2, 30, 34),
+            "sensitivity": (2, 5),
+            "specificity": (2, 5),
+            "iterations": (2,),
+            "converged": (2,),
+            "prior": (2,),
+        }
+        for name, dtype in dtypes.items():
+            value = getattr(res, name)
+            assert isinstance(value, torch.Tensor), name
+            assert value.dtype == dtype and tuple(value.shape) == shapes[name], name
+            assert value.device == t.device and not value.requires_grad, name
+            torch.testing.assert_close(value, getattr(ref, name), rtol=0, atol=0)
+        assert res.consensus().dtype == torch.bool
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_few_raters(k):
+    rng = np.random.default_rng(20 + k)
+    truth = ndi.gaussian_filter(rng.random((40, 48)), 3) > 0.5
+    d = _raters_from_truth(rng, truth, k)
+    res = _assert_matches_sitk(d)
+    assert bool(res.converged[0]) and res.sensitivity.shape == (1, k)
+    if k == 1:  # a single rater is its own consensus, vacuously perfect
+        np.testing.assert_array_equal(res.probability[0].numpy(), d[0].astype(np.float32))
+        assert res.sensitivity.item() == 1.0 and res.specificity.item() == 1.0
+    else:
+        w, p, q = _reference_staple(d, g=float(d.mean()), iters=int(res.iterations[0]))
+        np.testing.assert_allclose(res.probability[0].numpy().ravel(), w, atol=1e-6)
+        np.testing.assert_allclose(res.sensitivity[0].numpy(), p, atol=1e-12)
+    # one pixel, batched, and the UniSegDiff variant
+    one = staple(torch.from_numpy(d[None, :, :1, :1]))
+    assert one.probability.shape == (1, 1, 1) and torch.isfinite(one.probability).all()
+    uni = staple(d, **UNISEGDIFF_PARAMS)
+    assert torch.isfinite(uni.probability).all() and int(uni.iterations[0]) <= 20
+
+
+@pytest.mark.parametrize("n, k", [(1, 20), (3, 7), (1, 63), (1, 64), (16, 60), (2, 130)])
+def test_pattern_table_decodes_every_pixel(n, k):
+    # (1, 64), (16, 60) and (2, 130) exceed 63 bits with the image index: chunked ranking.
+    from napari_lesion_diffkd.core.ensemble.staple import _unique_patterns
+
+    rng = np.random.default_rng(n * 1000 + k)
+    votes = torch.from_numpy(rng.random((n, k, 150)) < 0.5)
+    votes[:, :, 100:] = votes[:, :, :50]  # repeated patterns
+    votes[-1, :, 50:] = votes[-1, :, :1]  # last image: few patterns, padded
+    patterns, counts, inverse = _unique_patterns(votes)
+    u = patterns.shape[2]
+    assert patterns.shape == (n, k, u) and counts.shape == (n, u) and inverse.shape == (n, 150)
+    assert patterns.dtype == counts.dtype == torch.float64 and inverse.dtype == torch.int64
+    torch.testing.assert_close(counts.sum(1), torch.full((n,), 150.0, dtype=torch.float64))
+    decoded = torch.gather(patterns, 2, inverse[:, None, :].expand(n, k, 150))
+    assert torch.equal(decoded.bool(), votes)
+    for i in range(n):
+        n_unique = torch.unique(votes[i].T, dim=0).shape[0]
+        assert int((counts[i] > 0).sum()) == n_unique
+        assert (patterns[i][:, counts[i] == 0] == 0).all()  # padding carries no votes
+
+
+def test_wide_patterns_batched_equals_per_image():
+    # N = 16 images x K = 60 raters needs 64 bits: chunked ranking; one image fits in 63.
+    rng = np.random.default_rng(14)
+    truth = rng.random((16, 1, 12, 12)) < 0.4
+    d = np.where(truth, rng.random((16, 60, 12, 12)) < 0.85, rng.random((16, 60, 12, 12)) < 0.1)
+    batched = staple(d, spatial_dims=2)
+    for i in (0, 7, 15):
+        single = staple(d[i])
+        torch.testing.assert_close(batched.probability[i], single.probability[0])
+        torch.testing.assert_close(batched.sensitivity[i], single.sensitivity[0])
+        assert int(batched.iterations[i]) == int(single.iterations[0])

@@ -1,4 +1,4 @@
-"""STAPLE (Simultaneous Truth And Performance Level Estimation), vectorised over images.
+"""STAPLE (Simultaneous Truth And Performance Level Estimation), vectorised in torch.
 
 Warfield, Zou & Wells, "Simultaneous truth and performance level estimation (STAPLE)",
 IEEE TMI 23(7):903-921, 2004, for binary segmentations. UniSegDiff (seed paper 004, §2.4)
@@ -27,35 +27,58 @@ prior of 50 % and 20 updates) is :data:`UNISEGDIFF_PARAMS`: with ``init_sensitiv
 ``init_specificity`` given, EM starts with an E-step from those values instead of from the
 rater mean.
 
-Speed: the posterior of a pixel depends only on its *pattern* of K votes, so the K masks
-are bit-packed into one code per pixel and EM runs over the unique patterns weighted by
-their pixel counts. Sampled lesion masks agree almost everywhere, so 20 samples of a
-512² image usually give a few thousand patterns, not 262 144. Each EM iteration is then
-two batched mat-vec products over (images, patterns, raters) in float64.
+Implementation (all torch, on the input's device; numpy is only accepted as input):
 
-Why the EM loop runs in numpy, not torch: after compression the arrays are small, and
-torch's CPU kernels on arrays above its 32 768-element parallel grain size (OpenMP / MKL
-intra-op threads) slowed down ~100x when other processes occupied the cores (16 ms
-instead of 0.1 ms per op, measured on the shared 2-core machine), whereas numpy's
-single-threaded kernels stay fast; above 2**18 multiply-adds the mat-vecs use
-``np.einsum`` instead of BLAS for the same reason. Inputs and outputs are torch tensors
-(any device; results go back to the input's device; numpy input gives CPU tensors).
+* **Vote patterns.** The posterior of a pixel depends only on its *pattern* of K votes,
+  so the K votes of each pixel are bit-packed into one int64 code (bit k = rater k; built
+  8 raters per byte, then bytes combined), the image index goes into the bits above the
+  K vote bits, and one ``torch.unique(..., return_inverse=True, return_counts=True)``
+  over all images gives every image's unique patterns, their pixel counts and each
+  pixel's pattern index. The unique codes are decoded back to a float64 pattern table
+  of N images x U patterns x K raters (stored as (N, K, U): both EM products run ~1.5x
+  faster on that layout), U = the largest per-image pattern count, shorter lists padded
+  with zero-count patterns (they carry no weight). Sampled lesion masks agree almost
+  everywhere, so 20 samples of a 512² image usually give a few thousand patterns, not
+  262 144.
+* **Many raters.** When K plus the bits of the image index exceed 63 (K > 63 for one
+  image, e.g. K > 59 for 16 images), the raters are packed in chunks of 63 and the
+  chunks are combined exactly by ranking: the dense rank of (image, patterns so far) from
+  ``torch.unique`` times the number of distinct codes of the next chunk plus that code's
+  rank, re-ranked after each chunk (no hashing, hence no collisions; exact while
+  N · pixels < 3·10⁹). Each unique pattern's votes are then read from one of its pixels.
+* **EM** runs in float64 on the pattern table, weighted by the counts: per iteration two
+  batched mat-vec products (``torch.bmm``) over (images, raters, patterns) plus O(N·K)
+  bookkeeping, with sensitivity and specificity kept as one (n, 2, K) tensor. Each image
+  has its own prior and stopping iteration; images that converge are frozen (their
+  results stored) and dropped from the working set while the others continue. The
+  posterior goes back to the pixels by gathering with the inverse index.
+
+Threads: on CPU, :func:`staple` calls ``torch.set_num_threads(1)`` for the duration of
+the call and restores the previous value afterwards (torch's thread setting is process
+state: other Python threads running torch ops at the same moment may run single-threaded
+meanwhile). Every op here is either small or memory-bound, and torch parallelises any op
+above 32 768 elements with OpenMP: while other processes occupied the cores of the
+shared 2-core machine, those ops waited for a descheduled worker thread at each barrier,
+e.g. ``torch.unique`` on 262 144 codes took a median 200 ms with 2 threads against 5.5 ms
+with 1, packing the votes 11 ms against 3 ms, a whole batched call (8 x 20 masks of 256²)
+1.4-2.9 s against 0.04-0.13 s (benchmarks/bench_staple.py measures it). On CUDA nothing
+is changed.
 
 Batched mode: ``masks`` of shape (N, K, *spatial) runs N independent STAPLE problems at
-once (each with its own prior, stopping iteration and performance parameters); images
-that converge early are frozen and dropped from the working set.
+once (each with its own prior, stopping iteration and performance parameters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 __all__ = [
     "DEFAULT_MAX_ITERATIONS",
@@ -89,11 +112,10 @@ UNISEGDIFF_PARAMS: Mapping[str, float | int] = MappingProxyType(
 # log(0) would give -inf and 0 * -inf = NaN inside the matrix products; flooring at the
 # smallest normal float64 keeps every term finite while exp() of it still underflows to
 # 0, so "impossible" events stay (numerically) impossible.
-_TINY = np.finfo(np.float64).tiny
+_TINY = torch.finfo(torch.float64).tiny
 
-# Above this many multiply-adds per mat-vec, OpenBLAS starts threads (slow under core
-# contention, see module docstring); numpy's own einsum loop is single-threaded.
-_BLAS_MAX_WORK = 1 << 18
+# Vote bits per int64 code: bit 63 (the sign bit) stays 0, so codes sort as unsigned.
+_CODE_BITS = 63
 
 
 @dataclass(frozen=True)
@@ -111,7 +133,8 @@ class StapleResult:
         converged: (N,) bool, whether the tolerance was met within ``max_iterations``.
         prior: (N,) float64 prior P(true label = 1) used (after the confidence weight).
 
-    All tensors are on the input's device (CPU for numpy input).
+    All tensors are on the input's device (CPU for numpy input; for a list, the device of
+    its first tensor).
     """
 
     probability: torch.Tensor
@@ -126,131 +149,203 @@ class StapleResult:
         return self.probability >= threshold
 
 
-def _flog(x: np.ndarray) -> np.ndarray:
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On CPU, run the block with one torch intra-op thread (see module docstring)."""
+    saved = torch.get_num_threads() if device.type == "cpu" else 1
+    if saved != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if saved != 1:
+            torch.set_num_threads(saved)
+
+
+def _flog(x: torch.Tensor) -> torch.Tensor:
     """Natural log with 0 mapped to log(float64 tiny) ≈ -708 instead of -inf."""
-    return np.log(np.maximum(x, _TINY))
+    return torch.log(torch.clamp_min(x, _TINY))
+
+
+_NEGATIVE_MSG = (
+    "masks has negative values; binarise [-1, 1] samples first (x > 0) or use "
+    "fuse_samples(..., method='staple')"
+)
+
+
+def _bool_tensor(x: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
+    """``x != 0`` as a bool tensor (same device for tensors, CPU otherwise).
+
+    Raises ValueError on negative values: [-1, 1] diffusion outputs would all count as
+    "lesion" (nonzero).
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.dtype == torch.bool:
+            return t
+        if t.dtype.is_signed and t.numel() and bool((t < 0).any()):
+            raise ValueError(_NEGATIVE_MSG)
+        return t != 0
+    arr = np.asarray(x)  # numpy only to accept numpy input
+    if arr.dtype != np.bool_:
+        if arr.dtype.kind in "if" and arr.size and arr.min() < 0:
+            raise ValueError(_NEGATIVE_MSG)
+        arr = arr != 0
+    if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        arr = arr.copy()
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _as_votes(
     masks: torch.Tensor | np.ndarray | Sequence, spatial_dims: int
-) -> tuple[np.ndarray, tuple[int, ...], torch.device]:
-    """Return (N, K, P) bool votes (numpy), the spatial shape and the output device."""
+) -> tuple[torch.Tensor, tuple[int, ...], torch.device]:
+    """Return (N, K, P) bool votes (torch, on the output device), the spatial shape and
+    the output device."""
     if spatial_dims < 1:
         raise ValueError(f"spatial_dims must be >= 1, got {spatial_dims}")
-    device = torch.device("cpu")
-    if isinstance(masks, torch.Tensor):
-        device = masks.device
-        arr = masks.detach().cpu().numpy()
-    elif isinstance(masks, np.ndarray):
-        arr = masks
-    else:
-        arr = np.stack(
-            [m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
-             for m in masks]
-        )
-    lead = arr.ndim - spatial_dims
+    if isinstance(masks, (torch.Tensor, np.ndarray)):
+        votes = _bool_tensor(masks)
+    else:  # a list of K (*spatial) masks
+        parts = [_bool_tensor(m) for m in masks]
+        if not parts:
+            raise ValueError("empty list of masks")
+        devices = [m.device for m in masks if isinstance(m, torch.Tensor)]
+        device = devices[0] if devices else torch.device("cpu")
+        votes = torch.stack([m.to(device) for m in parts])
+    lead = votes.dim() - spatial_dims
     if lead == 1:
-        arr = arr[None]
+        votes = votes[None]
     elif lead != 2:
         raise ValueError(
             f"masks must be (K, *spatial) or (N, K, *spatial) with {spatial_dims} spatial "
-            f"dims, got shape {arr.shape}"
+            f"dims, got shape {tuple(votes.shape)}"
         )
-    if arr.size == 0:
-        raise ValueError(f"empty masks array of shape {arr.shape}")
-    if arr.dtype != np.bool_ and arr.size and arr.min() < 0:
-        # [-1, 1] diffusion outputs would all count as "lesion" (nonzero): refuse them.
-        raise ValueError(
-            "masks has negative values; binarise [-1, 1] samples first (x > 0) or use "
-            "fuse_samples(..., method='staple')"
-        )
-    votes = arr if arr.dtype == np.bool_ else arr != 0
-    return votes.reshape(arr.shape[0], arr.shape[1], -1), tuple(arr.shape[2:]), device
+    if votes.numel() == 0:
+        raise ValueError(f"empty masks array of shape {tuple(votes.shape)}")
+    n, k = votes.shape[:2]
+    return votes.reshape(n, k, -1), tuple(votes.shape[2:]), votes.device
 
 
-def _unique_patterns(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compress per-pixel vote vectors to unique patterns.
+def _pack(votes: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """(N, K, P) bool -> (N, P) int64 code with bit j - lo = vote of rater j in [lo, hi).
+
+    Packs 8 raters per uint8 byte first: ~3x less memory traffic than shifting each
+    rater's votes as int64.
+    """
+    u8 = votes.view(torch.uint8)
+    code = None
+    for b in range(lo, hi, 8):
+        byte = u8[:, b].clone()
+        for j in range(b + 1, min(hi, b + 8)):
+            byte |= u8[:, j] << (j - b)
+        byte = byte.to(torch.int64)
+        code = byte if code is None else code.add_(byte, alpha=1 << (b - lo))
+    assert code is not None
+    return code
+
+
+def _decode(codes: torch.Tensor, k: int) -> torch.Tensor:
+    """(U,) int64 codes -> (K, U) uint8 bits 0..K-1, unpacked byte-wise (uint8 shifts
+    move 8x less memory than int64 shifts)."""
+    n_bytes = (k + 7) // 8
+    if sys.byteorder != "little":  # the byte view below assumes little-endian int64
+        return ((codes >> torch.arange(k, device=codes.device)[:, None]) & 1).to(torch.uint8)
+    raw = codes.contiguous().view(torch.uint8).reshape(-1, 8)[:, :n_bytes].T  # (bytes, U)
+    shifts = torch.arange(8, dtype=torch.uint8, device=codes.device)[:, None]
+    return ((raw[:, None, :] >> shifts) & 1).reshape(n_bytes * 8, -1)[:k]
+
+
+def _unique_patterns(
+    votes: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compress per-pixel vote vectors to unique patterns, for all images at once.
 
     Args:
         votes: (N, K, P) bool.
 
     Returns:
-        patterns: (N, U, K) float64 in {0, 1}; U = largest pattern count over images,
-            shorter lists padded with zero rows of count 0 (they carry no weight).
+        patterns: (N, K, U) float64 in {0, 1}, the pattern table stored rater-major
+            (both EM products run ~1.5x faster on it than on (N, U, K)); U = largest
+            pattern count over images, shorter lists padded with zero columns of count 0
+            (they carry no weight).
         counts: (N, U) float64 pixel count of each pattern.
         inverse: (N, P) int64 index of each pixel's pattern.
     """
     n, k, p = votes.shape
-    # (N, P, ceil(K/8)) bytes, bit j of the code = rater j (little bit order).
-    packed = np.packbits(votes.transpose(0, 2, 1), axis=-1, bitorder="little")
-    n_bytes = packed.shape[-1]
-    if n_bytes <= 8:  # one uint64 code per pixel: fastest unique
-        padded = np.zeros((n, p, 8), dtype=np.uint8)
-        padded[..., :n_bytes] = packed
-        codes = padded.view("<u8")[..., 0]
-    else:  # any K: compare the byte rows as opaque records
-        codes = np.ascontiguousarray(packed).view(np.dtype((np.void, n_bytes)))[..., 0]
-    uniq, counts_l, inverse = [], [], np.empty((n, p), dtype=np.int64)
-    for i in range(n):
-        u, inv, cnt = np.unique(codes[i], return_inverse=True, return_counts=True)
-        uniq.append(u)
-        counts_l.append(cnt)
-        inverse[i] = inv.reshape(-1)
-    u_max = max(u.shape[0] for u in uniq)
-    patterns = np.zeros((n, u_max, k), dtype=np.float64)
-    counts = np.zeros((n, u_max), dtype=np.float64)
-    for i, (u, cnt) in enumerate(zip(uniq, counts_l)):
-        raw = np.ascontiguousarray(u).view(np.uint8).reshape(u.shape[0], -1)
-        bits = np.unpackbits(raw, axis=1, bitorder="little")[:, :k]
-        patterns[i, : u.shape[0]] = bits
-        counts[i, : u.shape[0]] = cnt
-    return patterns, counts, inverse
-
-
-def _vec_mat(w: np.ndarray, patterns: np.ndarray) -> np.ndarray:
-    """(n, U) x (n, U, K) -> (n, K): sum over patterns."""
-    if patterns.size <= _BLAS_MAX_WORK:
-        return np.matmul(w[:, None, :], patterns)[:, 0]
-    return np.einsum("nu,nuk->nk", w, patterns)
-
-
-def _mat_vec(patterns: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(n, U, K) x (n, K) -> (n, U): sum over raters."""
-    if patterns.size <= _BLAS_MAX_WORK:
-        return np.matmul(patterns, v[:, :, None])[..., 0]
-    return np.einsum("nuk,nk->nu", patterns, v)
+    dev = votes.device
+    img_bits = (n - 1).bit_length()
+    if k + img_bits <= _CODE_BITS:
+        # One code per pixel: vote bits 0..K-1, image index above them.
+        code = _pack(votes, 0, k)
+        if n > 1:
+            code |= torch.arange(n, device=dev)[:, None] << k
+        uniq, inverse, counts = torch.unique(
+            code.reshape(-1), return_inverse=True, return_counts=True
+        )
+        img = uniq >> k
+        bits = _decode(uniq, k)
+    else:
+        # Chunks of 63 raters, combined by exact re-ranking (see module docstring). The
+        # image index is the most significant "digit", so ranks stay grouped by image.
+        key = torch.arange(n, device=dev).repeat_interleave(p)
+        for lo in range(0, k, _CODE_BITS):
+            chunk = _pack(votes, lo, min(k, lo + _CODE_BITS)).reshape(-1)
+            u, rank = torch.unique(chunk, return_inverse=True)
+            _, key, counts = torch.unique(
+                key * u.numel() + rank, return_inverse=True, return_counts=True
+            )
+        inverse = key
+        # One pixel per pattern (the first; min is order-independent, so deterministic).
+        rep = torch.full((counts.numel(),), n * p, dtype=torch.int64, device=dev)
+        rep.scatter_reduce_(0, inverse, torch.arange(n * p, device=dev), reduce="amin")
+        img = rep // p
+        bits = votes[img, :, rep % p].T  # (K, U)
+    bits = bits.to(torch.float64, memory_format=torch.contiguous_format)
+    if n == 1:  # nothing to pad
+        return bits[None], counts.to(torch.float64)[None], inverse[None]
+    # Unique entries are sorted by image: slot of each within its image.
+    first = torch.searchsorted(img, torch.arange(n, device=dev))
+    per_img = torch.searchsorted(img, torch.arange(n, device=dev), right=True) - first
+    u_max = int(per_img.max())
+    slot = torch.arange(img.numel(), device=dev) - first[img]
+    patterns = torch.zeros((n, k, u_max), dtype=torch.float64, device=dev)
+    patterns[img, :, slot] = bits.T
+    cnt = torch.zeros((n, u_max), dtype=torch.float64, device=dev)
+    cnt[img, slot] = counts.to(torch.float64)
+    return patterns, cnt, inverse.reshape(n, p) - first[:, None]
 
 
 def _m_step(
-    w: np.ndarray, patterns: np.ndarray, counts: np.ndarray, said_one: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    w: torch.Tensor, patterns: torch.Tensor, counts: torch.Tensor, total: torch.Tensor,
+    said_one: torch.Tensor,
+) -> torch.Tensor:
     """Sensitivity/specificity from the posterior (Warfield 2004 eqs. 18-19; ITK loop 1).
 
     Args:
         w: (n, U) float64 posterior P(T=1) per pattern.
-        patterns: (n, U, K) float64 votes.
+        patterns: (n, K, U) float64 votes.
         counts: (n, U) float64 pixel count per pattern.
+        total: (n, 1) float64 pixel count per image.
         said_one: (n, K) float64 number of pixels each rater labelled 1.
 
     Returns:
-        p, q: (n, K) float64. A zero denominator (no posterior mass on that class, e.g.
-        all raters empty) gives 1.0 ("nothing of that class was missed"); ITK: NaN.
+        (n, 2, K) float64: [:, 0] sensitivity p, [:, 1] specificity q. A zero denominator
+        (no posterior mass on that class, e.g. all raters empty) gives 1.0 ("nothing of
+        that class was missed"); ITK: NaN.
     """
     wc = w * counts  # posterior mass of "true foreground" per pattern
-    p_den = wc.sum(axis=1, keepdims=True)
-    q_den = counts.sum(axis=1, keepdims=True) - p_den
-    p_num = _vec_mat(wc, patterns)  # foreground mass where the rater said 1
+    p_den = wc.sum(dim=1, keepdim=True)
+    q_den = total - p_den
+    p_num = torch.bmm(patterns, wc[:, :, None])[..., 0]  # fg mass where the rater said 1
     q_num = q_den - (said_one - p_num)  # background mass where the rater said 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(p_den > 0, p_num / p_den, 1.0)
-        q = np.where(q_den > 0, q_num / q_den, 1.0)
+    num = torch.stack((p_num, q_num), dim=1)
+    den = torch.stack((p_den, q_den), dim=1)  # (n, 2, 1)
+    pq = torch.where(den > 0, num / den, 1.0)
     # The summation order differs from ITK's pixel loop: clip rounding outside [0, 1].
-    return np.clip(p, 0.0, 1.0), np.clip(q, 0.0, 1.0)
+    return pq.clamp_(0.0, 1.0)
 
 
-def _e_step(
-    p: np.ndarray, q: np.ndarray, logit_g: np.ndarray, patterns: np.ndarray
-) -> np.ndarray:
+def _e_step(pq: torch.Tensor, logit_g: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
     """Posterior per pattern from the performance parameters (Warfield 2004 eq. 14).
 
     ``W = g·Π p^D (1-p)^(1-D) / (g·Π p^D (1-p)^(1-D) + (1-g)·Π (1-q)^D q^(1-D))`` is
@@ -258,16 +353,18 @@ def _e_step(
     never forms 0/0 (ITK yields NaN where both products are exactly 0).
 
     Args:
-        p, q: (n, K) float64. logit_g: (n,) float64 log(g / (1 - g)), floored.
-        patterns: (n, U, K) float64 in {0, 1}.
+        pq: (n, 2, K) float64 sensitivity ([:, 0]) and specificity ([:, 1]).
+        logit_g: (n,) float64 log(g / (1 - g)), floored.
+        patterns: (n, K, U) float64 in {0, 1}.
 
     Returns:
         (n, U) float64 posterior in [0, 1].
     """
-    lp, l1p, lq, l1q = _flog(p), _flog(1.0 - p), _flog(q), _flog(1.0 - q)
-    base = logit_g + (l1p - lq).sum(axis=1)  # log-odds when every rater says 0
+    lg, l1 = _flog(pq), _flog(1.0 - pq)
+    lp, lq, l1p, l1q = lg[:, 0], lg[:, 1], l1[:, 0], l1[:, 1]
+    base = logit_g + (l1p - lq).sum(dim=1)  # log-odds when every rater says 0
     per_vote = (lp - l1p) - (l1q - lq)  # change of the log-odds when rater k says 1
-    return expit(base[:, None] + _mat_vec(patterns, per_vote))
+    return torch.sigmoid(base[:, None] + torch.bmm(per_vote[:, None, :], patterns)[:, 0])
 
 
 def staple(
@@ -284,10 +381,10 @@ def staple(
     """Run binary STAPLE on K rater masks per image, for one or N images at once.
 
     Args:
-        masks: (K, *spatial) or (N, K, *spatial) bool / {0, 1} tensor or ndarray; any
-            nonzero value is foreground (ITK ``foregroundValue=1`` on 0/1 data). Axis
-            order: image, rater (sample), then spatial axes (Y, X) or (Z, Y, X). A list
-            of K (*spatial) arrays is read as (K, *spatial).
+        masks: (K, *spatial) or (N, K, *spatial) bool / {0, 1} tensor (any device) or
+            ndarray; any nonzero value is foreground (ITK ``foregroundValue=1`` on 0/1
+            data). Axis order: image, rater (sample), then spatial axes (Y, X) or
+            (Z, Y, X). A list of K (*spatial) arrays / tensors is read as (K, *spatial).
         spatial_dims: number of trailing spatial axes (2 for (H, W), 3 for volumes); it
             decides whether a 4-D input is (N, K, H, W) or (K, Z, Y, X).
         prior: ``"estimate"`` or None (ITK: fraction of foreground over all raters and
@@ -304,9 +401,12 @@ def staple(
         confidence_weight: ITK's ``ConfidenceWeight``, a factor on the prior.
 
     Returns:
-        :class:`StapleResult` with a leading image axis (N = 1 for unbatched input).
-        Batched input gives exactly the per-image results (own prior, own stopping
-        iteration); it saves Python overhead, not arithmetic.
+        :class:`StapleResult` with a leading image axis (N = 1 for unbatched input), all
+        tensors on the input's device. Batched input gives exactly the per-image results
+        (own prior, own stopping iteration); it saves Python overhead, not arithmetic.
+
+    Any number of raters K >= 1 works (K > 63 packs the votes in chunks, see the module
+    docstring); K = 1 returns that rater's mask with sensitivity = specificity = 1.
 
     Degenerate cases (no NaN, where ITK divides 0 by 0):
         * all raters identical: probability = the common mask, exactly 0/1; sensitivity
@@ -326,72 +426,93 @@ def staple(
         raise ValueError("tolerance must be >= 0")
     if (init_sensitivity is None) != (init_specificity is None):
         raise ValueError("give both init_sensitivity and init_specificity, or neither")
-
-    votes, spatial, device = _as_votes(masks, spatial_dims)
-    n_img, k, n_pix = votes.shape
-
-    patterns, counts, inverse = _unique_patterns(votes)
-    said_one = np.einsum("nu,nuk->nk", counts, patterns)  # per-rater foreground pixels
-    w = patterns.mean(axis=2)  # ITK's W_0: mean vote of each pixel (pattern)
-
     if prior is None or isinstance(prior, str):
         if prior not in (None, "estimate"):
             raise ValueError(f"prior must be a float or 'estimate', got {prior!r}")
-        g = (w * counts).sum(axis=1) / n_pix
+        fixed_prior = None
     else:
-        if not 0.0 <= float(prior) <= 1.0:
+        fixed_prior = float(prior)
+        if not 0.0 <= fixed_prior <= 1.0:
             raise ValueError(f"prior must lie in [0, 1], got {prior}")
-        g = np.full(n_img, float(prior))
-    g = np.clip(g * confidence_weight, 0.0, 1.0)
+
+    votes, spatial, device = _as_votes(masks, spatial_dims)
+    with _one_cpu_thread(device):
+        return _staple(
+            votes, spatial, fixed_prior, init_sensitivity, init_specificity,
+            max_iterations, tolerance, confidence_weight,
+        )
+
+
+def _staple(
+    votes: torch.Tensor,
+    spatial: tuple[int, ...],
+    fixed_prior: float | None,
+    init_sensitivity: float | None,
+    init_specificity: float | None,
+    max_iterations: int,
+    tolerance: float,
+    confidence_weight: float,
+) -> StapleResult:
+    """:func:`staple` on validated (N, K, P) bool votes."""
+    n_img, k, n_pix = votes.shape
+    dev = votes.device
+    f64 = torch.float64
+
+    patterns, counts, inverse = _unique_patterns(votes)
+    said_one = torch.bmm(patterns, counts[:, :, None])[..., 0]  # per-rater foreground pixels
+    total = counts.sum(dim=1, keepdim=True)  # = n_pix
+    w = patterns.mean(dim=1)  # ITK's W_0: mean vote of each pixel (pattern)
+
+    if fixed_prior is None:
+        g = (w * counts).sum(dim=1) / n_pix
+    else:
+        g = torch.full((n_img,), fixed_prior, dtype=f64, device=dev)
+    g = (g * confidence_weight).clamp_(0.0, 1.0)
     logit_g = _flog(g) - _flog(1.0 - g)
 
     if init_sensitivity is not None:
-        w = _e_step(
-            np.full((n_img, k), float(init_sensitivity)),
-            np.full((n_img, k), float(init_specificity)),
-            logit_g, patterns,
-        )
+        pq0 = torch.empty((n_img, 2, k), dtype=f64, device=dev)
+        pq0[:, 0] = float(init_sensitivity)
+        pq0[:, 1] = float(init_specificity)  # type: ignore[arg-type]
+        w = _e_step(pq0, logit_g, patterns)
 
     # Final values per image, filled in as images converge (or at the cap).
-    out_w = np.empty_like(w)
-    out_p = np.empty((n_img, k))
-    out_q = np.empty((n_img, k))
-    out_it = np.full(n_img, max_iterations, dtype=np.int64)
-    out_conv = np.zeros(n_img, dtype=bool)
+    out_w = torch.empty_like(w)
+    out_pq = torch.empty((n_img, 2, k), dtype=f64, device=dev)
+    out_it = torch.full((n_img,), max_iterations, dtype=torch.int64, device=dev)
+    out_conv = torch.zeros(n_img, dtype=torch.bool, device=dev)
 
     # Working set: the images still iterating; compacted whenever some converge.
-    idx = np.arange(n_img)
-    pat, cnt, ones, lg = patterns, counts, said_one, logit_g
+    idx = torch.arange(n_img, device=dev)
+    pat, cnt, tot, ones, lg = patterns, counts, total, said_one, logit_g
     tol2 = tolerance * tolerance  # ITK compares squared changes with 1e-14
-    last_p = last_q = None
+    last = None
     for it in range(max_iterations):
-        p, q = _m_step(w, pat, cnt, ones)
-        w = _e_step(p, q, lg, pat)
-        if last_p is not None:
-            done = ((p - last_p) ** 2 <= tol2).all(axis=1) & ((q - last_q) ** 2 <= tol2).all(
-                axis=1
-            )
-            if done.any():
+        pq = _m_step(w, pat, cnt, tot, ones)
+        w = _e_step(pq, lg, pat)
+        if last is not None:
+            done = ((pq - last) ** 2 <= tol2).flatten(1).all(dim=1)
+            if bool(done.any()):
                 sel = idx[done]
-                out_w[sel], out_p[sel], out_q[sel] = w[done], p[done], q[done]
+                out_w[sel], out_pq[sel] = w[done], pq[done]
                 out_it[sel] = it + 1
                 out_conv[sel] = True
                 keep = ~done
                 idx = idx[keep]
-                if idx.size == 0:
+                if idx.numel() == 0:
                     break
-                pat, cnt, ones, lg = pat[keep], cnt[keep], ones[keep], lg[keep]
-                w, p, q = w[keep], p[keep], q[keep]
-        last_p, last_q = p, q
-    if idx.size:
-        out_w[idx], out_p[idx], out_q[idx] = w, p, q
+                pat, cnt, tot, ones, lg = pat[keep], cnt[keep], tot[keep], ones[keep], lg[keep]
+                w, pq = w[keep], pq[keep]
+        last = pq
+    if idx.numel():
+        out_w[idx], out_pq[idx] = w, pq
 
-    prob = np.take_along_axis(out_w, inverse, axis=1).astype(np.float32)
+    prob = torch.gather(out_w.to(torch.float32), 1, inverse)
     return StapleResult(
-        probability=torch.from_numpy(prob.reshape((n_img, *spatial))).to(device),
-        sensitivity=torch.from_numpy(out_p).to(device),
-        specificity=torch.from_numpy(out_q).to(device),
-        iterations=torch.from_numpy(out_it).to(device),
-        converged=torch.from_numpy(out_conv).to(device),
-        prior=torch.from_numpy(g).to(device),
+        probability=prob.reshape((n_img, *spatial)),
+        sensitivity=out_pq[:, 0].contiguous(),
+        specificity=out_pq[:, 1].contiguous(),
+        iterations=out_it,
+        converged=out_conv,
+        prior=g,
     )

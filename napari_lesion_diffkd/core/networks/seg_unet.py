@@ -56,7 +56,7 @@ class SegUNet(nn.Module):
     """Supervised segmentation UNet ``image -> logits`` that also exposes its features.
 
     Args:
-        in_channels: image channels (3 RGB, 1 gray).
+        image_channels: image channels (3 RGB, 1 gray).
         out_channels: logit channels (1 for binary lesion masks).
         base_channels: width of level 0.
         channel_mults: width multiplier per level; each level after the first halves H, W.
@@ -66,7 +66,7 @@ class SegUNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
+        image_channels: int = 3,
         out_channels: int = 1,
         base_channels: int = 24,
         channel_mults: tuple[int, ...] | list[int] = (1, 2, 4, 6),
@@ -79,21 +79,21 @@ class SegUNet(nn.Module):
         if len(channel_mults) < 1 or blocks_per_level < 1:
             raise ValueError("need at least one level and one block per level")
         self.config: dict[str, Any] = {
-            "in_channels": in_channels,
+            "image_channels": image_channels,
             "out_channels": out_channels,
             "base_channels": base_channels,
             "channel_mults": list(channel_mults),
             "blocks_per_level": blocks_per_level,
             "stem_stride": stem_stride,
         }
-        self.in_channels = in_channels
+        self.image_channels = image_channels
         self.out_channels = out_channels
         self.stem_stride = stem_stride
         self.levels = len(channel_mults)
         self.widths: list[int] = [base_channels * m for m in channel_mults]
         widths = self.widths
 
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1)
+        self.stem = nn.Conv2d(image_channels, widths[0], 3, stride=stem_stride, padding=1)
         self.enc_blocks = nn.ModuleList()
         self.enc_down = nn.ModuleList()
         for i, w in enumerate(widths):
@@ -117,7 +117,7 @@ class SegUNet(nn.Module):
         else:
             # Full-resolution refinement: upsampled features + the image itself.
             self.head = nn.Sequential(
-                nn.Conv2d(widths[0] + in_channels, widths[0], 3, padding=1),
+                nn.Conv2d(widths[0] + image_channels, widths[0], 3, padding=1),
                 nn.SiLU(),
                 nn.Conv2d(widths[0], out_channels, 3, padding=1),
             )
@@ -144,7 +144,7 @@ class SegUNet(nn.Module):
         """Run the network once and return logits with the per-level features.
 
         Args:
-            image: (B, in_channels, H, W) float32, H and W multiples of
+            image: (B, image_channels, H, W) float32, H and W multiples of
                 :attr:`downsampling_factor`.
 
         Returns:
@@ -178,7 +178,7 @@ class SegUNet(nn.Module):
         """Per-level feature maps usable as condition / teacher features.
 
         Args:
-            image: (B, in_channels, H, W) float32.
+            image: (B, image_channels, H, W) float32.
 
         Returns:
             ``2 * L`` tensors: the encoder levels finest first (indices ``0 .. L-1``), then the
@@ -191,5 +191,5 @@ class SegUNet(nn.Module):
         return out.encoder + out.decoder
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Lesion logits (B, out_channels, H, W) for ``image`` (B, in_channels, H, W)."""
+        """Lesion logits (B, out_channels, H, W) for ``image`` (B, image_channels, H, W)."""
         return self.forward_features(image).logits

@@ -75,7 +75,9 @@ class ConditionFeatures(NamedTuple):
     levels: tuple[torch.Tensor, ...]
 
 
-def sincos_position_2d(height: int, width: int, channels: int, device: torch.device) -> torch.Tensor:
+def sincos_position_2d(
+    height: int, width: int, channels: int, device: torch.device
+) -> torch.Tensor:
     """Fixed 2D sinusoidal position code (ViT/MAE style) of shape (height * width, channels).
 
     A quarter of the channels each hold sin/cos of the row and of the column index at
@@ -253,6 +255,8 @@ class UniSegDiffNet(nn.Module):
     Args:
         condition_network: constructor kwargs of the CFENet :class:`SegUNet` (a
             ``"_class_name": "SegUNet"`` entry is accepted and dropped); None: SegUNet defaults.
+        image_channels: image channels; None keeps the CFENet config's value, otherwise it
+            overrides it (the trainer passes ``image_channels`` to every network).
         mask_channels: mask channels (1 for binary lesions; must equal the CFENet's
             ``out_channels`` when ``use_condition_logits``).
         base_channels: width of the denoiser's first level.
@@ -270,6 +274,7 @@ class UniSegDiffNet(nn.Module):
     def __init__(
         self,
         condition_network: Mapping[str, Any] | None = None,
+        image_channels: int | None = None,
         mask_channels: int = 1,
         base_channels: int = 32,
         channel_mults: tuple[int, ...] | list[int] = (1, 2, 4, 4),
@@ -284,6 +289,8 @@ class UniSegDiffNet(nn.Module):
         class_name = dict(condition_network or {}).get("_class_name", "SegUNet")
         if class_name != "SegUNet":
             raise ValueError(f"condition_network must be a SegUNet config, got {class_name!r}")
+        if image_channels is not None:
+            cond_cfg["image_channels"] = int(image_channels)
         self.condition = SegUNet(**cond_cfg)
         if len(channel_mults) != self.condition.levels:
             raise ValueError(
@@ -294,6 +301,7 @@ class UniSegDiffNet(nn.Module):
             raise ValueError("use_condition_logits needs condition out_channels == mask_channels")
         self.config: dict[str, Any] = {
             "condition_network": dict(self.condition.config),
+            "image_channels": self.condition.image_channels,
             "mask_channels": mask_channels,
             "base_channels": base_channels,
             "channel_mults": list(channel_mults),
