@@ -21,6 +21,15 @@ from napari_lesion_diffkd.core.training.losses import (
 T = 250  # seed 000 §IV-A
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these small ops only lose to OpenMP contention on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ph2_masks(ph2_pairs: list[tuple[Path, Path]]) -> torch.Tensor:
     """Four real PH2 masks resized (nearest) to 128 x 128: (4, 1, 128, 128) float {0, 1}."""

@@ -26,10 +26,14 @@ carries the dermoscopic image ``g``. This module is our own implementation of th
 Level ``i`` runs at ``H / 2**i``; the deepest level keeps its resolution (a 3x3 conv only
 changes the width), so H and W must be divisible by ``2 ** (levels - 1)``.
 
-Parameter counts (seed 000 Table I/II; our builds, see ``tests/core/test_dermosegdiff.py``):
-``efkd-isic2018`` 81.6M, ``efkd-ham10000`` 40.3M, ``dermosegdiff-isic2018`` ~321M,
-``dermosegdiff-ham10000`` ~158M. Most parameters sit in the image stream's deepest levels
-(width 32 x base_image) and in the deep decoder blocks that read both skips.
+Parameter counts (:data:`PUBLISHED_PARAMS_M`; checked by ``tests/core/test_dermosegdiff.py``):
+``efkd-isic2018`` 81.67M (published 81.6M), ``efkd-ham10000`` 40.36M (40.3M),
+``dermosegdiff-isic2018`` 321.2M (~321M), ``dermosegdiff-ham10000`` 157.7M (~158M). What makes
+them: two 3x3 convs per residual block (4 blocks per encoder level, 2 per decoder level, 2 in the
+bottleneck), both skips (each ``cx + cg`` wide) feeding the decoder, an image stream that ends at
+``32 x base_channels_image`` and is concatenated with the mask stream before every down step,
+and 4 x 32 attention everywhere. For ``efkd-isic2018``: image-stream encoder 26.4M (7.7M in the
+last 3x3 width change alone), mask-stream encoder 11.9M, bottleneck 11.8M, decoder 31.3M.
 """
 
 from __future__ import annotations
@@ -205,7 +209,9 @@ class DualStreamLevel(nn.Module):
         self.mask_attn = LinearAttention2d(cx, heads, dim_head)
         self.merged_attn = LinearAttention2d(cx + cg, heads, dim_head)
         if gate_activation not in ("identity", "sigmoid"):
-            raise ValueError(f"gate_activation must be 'identity' or 'sigmoid', got {gate_activation!r}")
+            raise ValueError(
+                f"gate_activation must be 'identity' or 'sigmoid', got {gate_activation!r}"
+            )
         self.gate_activation = gate_activation
 
     def forward(
@@ -285,7 +291,9 @@ class _TimeMLP(nn.Module):
     def __init__(self, sin_dim: int, out_dim: int) -> None:
         super().__init__()
         self.sin_dim = sin_dim
-        self.mlp = nn.Sequential(nn.Linear(sin_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(sin_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.sin_dim))
@@ -333,7 +341,9 @@ class DermoSegDiffUNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(mask_stage_mults) != len(image_stage_mults) or not mask_stage_mults:
-            raise ValueError("mask_stage_mults and image_stage_mults need the same, non-zero length")
+            raise ValueError(
+                "mask_stage_mults and image_stage_mults need the same, non-zero length"
+            )
         self.config: dict[str, Any] = {
             "image_channels": image_channels,
             "mask_channels": mask_channels,
@@ -447,10 +457,11 @@ class DermoSegDiffUNet(nn.Module):
 
 
 # -- presets -----------------------------------------------------------------------------------
-# Constructor-kwarg overrides. Widths and multipliers of the EFKD teachers are those of the EFKD
-# code's DermoSegDiff configs (seed 000 §IV-A/Table I: 64/32 base widths, ISIC2018 mask mults
-# 1..6, HAM10000 all 2; "the difference ... arises from the default configuration of
-# DermoSegDiff", §V); DermoSegDiff's own configs use base widths 128/64.
+# Constructor-kwarg overrides. Seed 000 gives only the counts (Table I/II: 81.6M ISIC2018, 40.3M
+# HAM10000) and says the difference "arises from the default configuration of DermoSegDiff"
+# (§V). The widths come from the public configs: EFKD's teacher configs use base widths 64/32,
+# DermoSegDiff's own 128/64; both use mask-stream multipliers 1..6 for ISIC2018 and all 2 for
+# HAM10000, and image-stream multipliers 1, 2, 4, ..., 32.
 DERMOSEGDIFF_PRESETS: dict[str, dict[str, Any]] = {
     # seed 000 Table I/II: 81.6M
     "efkd-isic2018": {
@@ -479,8 +490,9 @@ DERMOSEGDIFF_PRESETS: dict[str, dict[str, Any]] = {
         "mask_stage_mults": [2, 2, 2, 2, 2, 2],
         "image_stage_mults": [1, 2, 4, 8, 16, 32],
     },
-    # CPU-sized (~5.1M parameters, ~3.6 GFLOP per 128 px forward): the efkd-isic2018 topology
-    # at a quarter of the widths (16/8), 2 heads of 16, 4 GroupNorm groups.
+    # CPU-sized (5.1M parameters, ~3.6 GFLOP per 128 px forward; one training step at batch 8,
+    # 128 px took ~2.7 s on one CPU thread): the efkd-isic2018 topology at a quarter of the
+    # widths (16/8), 2 heads of 16, 4 GroupNorm groups. H, W: multiples of 32.
     "cpu-small": {
         "base_channels_mask": 16,
         "base_channels_image": 8,
@@ -492,7 +504,8 @@ DERMOSEGDIFF_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Published parameter counts, in millions (seed 000 Table I; DermoSegDiff paper for the last two).
+# Parameter counts in millions: seed 000 Table I/II for the EFKD teachers; the approximate
+# sizes of DermoSegDiff's own 128/64 configs for the last two.
 PUBLISHED_PARAMS_M: dict[str, float] = {
     "efkd-isic2018": 81.6,
     "efkd-ham10000": 40.3,

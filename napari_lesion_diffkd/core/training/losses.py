@@ -123,7 +123,9 @@ def boundary_distance(masks01: torch.Tensor, max_distance: float | None = None) 
     return dist.unsqueeze(1)
 
 
-def timestep_exponent(t: torch.Tensor, num_timesteps: int, gamma: float = GAMMA_LOSS) -> torch.Tensor:
+def timestep_exponent(
+    t: torch.Tensor, num_timesteps: int, gamma: float = GAMMA_LOSS
+) -> torch.Tensor:
     """DermoSegDiff's exponent ``e(t) = (gamma * (T - t) / T) ** gamma`` (eq. 1's W_Theta).
 
     Args:
