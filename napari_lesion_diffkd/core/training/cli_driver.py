@@ -73,7 +73,7 @@ def train_from_cli(args: argparse.Namespace) -> int:
         return 2
     provenance: dict[str, Any] = {
         "data": [str(Path(d.strip()).resolve()) for d in args.data.split(",") if d.strip()],
-        "command": "lesion-diffkd " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        "command": "lesion-diffkd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if len(sys.argv) > 1 else None,
         "git_commit": git_commit(),
     }
