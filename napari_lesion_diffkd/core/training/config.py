@@ -31,7 +31,8 @@ class TrainConfig:
         val_samples / val_steps: K and DDIM steps used for validation Dice.
         checkpoint_every: write ``checkpoint.pt`` for ``--resume`` every N steps.
         amp_bf16: bf16 autocast (CPU and GPU); channels_last memory format.
-        augment: use ``augment_batch``.
+        augment: use ``augment_batch``; ``dropout_holes`` rectangles of coarse dropout at most
+            (0 for small lesions, which a hole can erase while the label keeps them).
         sampler: default inference sampler stored in the bundle.
         seed: RNG seed for init, data order, noise and augmentation.
         objective: ``"diffusion"`` (prediction-target loss; the default), ``"staged"``
@@ -79,6 +80,7 @@ class TrainConfig:
     amp_bf16: bool = False
     channels_last: bool = False
     augment: bool = True
+    dropout_holes: int = 4
     sampler: dict[str, Any] = field(
         default_factory=lambda: {"name": "ddim", "num_steps": 4, "num_samples": 8}
     )

@@ -359,7 +359,8 @@ def train(
             idx, order = order[:global_batch], order[global_batch:]
             images, masks = train_x[idx], train_y[idx]
             if config.augment:
-                images, masks = augment_batch(images, masks, gen)
+                images, masks = augment_batch(images, masks, gen,
+                                              dropout_holes=config.dropout_holes)
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             lr = lr_at(step, config, plateau_scale)
