@@ -88,10 +88,13 @@ def model_card(config: dict, evaluation: dict) -> str:
         "",
         "## Validation metrics",
         "",
-        f"Computed by `scripts/register_model.py` at each image's original resolution, with the "
-        f"default sampler, K = {evaluation['settings']['num_samples']} and "
-        f"{evaluation['settings']['fusion']} fusion (seed 0). HD95 in pixels, over images whose "
-        f"consensus is not empty ({evaluation['mean'].get('n_undefined_distance', 0)} empty).",
+        "Computed by `scripts/register_model.py` at each image's original resolution, "
+        + ("with one forward pass (mask = probability > 0.5). "
+           if config.get("objective") == "segmentation" else
+           f"with the default sampler, K = {evaluation['settings']['num_samples']} and "
+           f"{evaluation['settings']['fusion']} fusion (seed 0). ")
+        + "HD95 in pixels, over images whose consensus is not empty "
+        f"({evaluation['mean'].get('n_undefined_distance', 0)} empty).",
         "",
         "| split | n | Dice | IoU | HD95 (px) | sensitivity | specificity |",
         "|---|---|---|---|---|---|---|",

@@ -54,3 +54,14 @@ def test_training_lowers_the_loss(ph2_subset: Path, tmp_path: Path) -> None:
                       on_event=lambda e: losses.append(e.values["loss"])
                       if e.kind == "progress" else None)
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_a_time_budget_stop_still_validates_and_writes_the_bundle(ph2_subset: Path,
+                                                                  tmp_path: Path) -> None:
+    config = TrainConfig(**{**CONFIG, "max_steps": 1000, "val_every": 1000,
+                            "max_minutes": 0.002})
+    summary = run_to_completion(train(config, scan_pairs(ph2_subset), tmp_path))
+    assert 0 < summary["steps"] < 1000
+    assert (tmp_path / "model.safetensors").is_file()
+    log = (tmp_path / "train_log.jsonl").read_text()
+    assert '"val_dice"' in log  # the final validation after the stop was logged

@@ -303,16 +303,17 @@ def train(
         best_state = ckpt.get("best_state") or None
         yield JobEvent("log", step=step, total=config.max_steps, message=f"resumed at step {step}")
 
-    log = (out / LOG_NAME).open("a") if info.is_main else None
     start = time.monotonic()
     n = len(train_x)
     running = 0.0
     global_batch = config.batch_size * info.world_size
 
     def write_log(entry: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
+        # Opened per entry: entries written after the loop (final validation) or after a
+        # stop between yields still land, and a kill loses at most the current line.
+        if info.is_main:
+            with (out / LOG_NAME).open("a") as log:
+                log.write(json.dumps(entry) + "\n")
 
     def save_checkpoint() -> None:
         if not info.is_main:
@@ -346,60 +347,56 @@ def train(
                         message=f"validation Dice {metrics['val_dice']:.4f}, "
                                 f"HD95 {metrics['val_hd95']:.2f} px", values=metrics)
 
-    try:
-        while step < config.max_steps:
-            minutes = (elapsed_before + time.monotonic() - start) / 60
-            over = config.max_minutes is not None and minutes >= config.max_minutes
-            if ddp.broadcast_flag(over, info):
-                yield JobEvent("log", step=step, total=config.max_steps,
-                               message=f"time budget of {config.max_minutes} min reached")
-                break
-            while len(order) < global_batch:
-                order += torch.randperm(n, generator=gen).tolist()
-            idx, order = order[:global_batch], order[global_batch:]
-            images, masks = train_x[idx], train_y[idx]
-            if config.augment:
-                images, masks = augment_batch(images, masks, gen,
-                                              dropout_holes=config.dropout_holes)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(step, config, plateau_scale)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            # Each rank draws the global batch's noise (same generator) and keeps its slice.
-            part = slice(info.rank * config.batch_size, (info.rank + 1) * config.batch_size)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16):
-                loss = objective(model, images, masks, gen, part)
-            if objective.extra_parameters() and getattr(objective, "new_parameters", False):
-                optimizer.add_param_group({"params": objective.extra_parameters()})
-                objective.new_parameters = False
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-            _ema_update(ema, network, config.ema_decay if step >= config.warmup_steps else 0.0)
-            step += 1
-            value = float(loss.detach())
-            running = value if step == 1 else 0.95 * running + 0.05 * value
-            if step % 10 == 0 or step == config.max_steps:
-                write_log({"step": step, "loss": running, "lr": lr,
-                           "seconds": round(elapsed_before + time.monotonic() - start, 2)})
-            yield JobEvent("progress", step=step, total=config.max_steps, message="training",
-                           values={"loss": running})
-            if step % config.val_every == 0 or step == config.max_steps:
-                event = validate()
-                if event is not None:
-                    yield event
-            if step % config.checkpoint_every == 0:
-                save_checkpoint()
-                ddp.barrier(info)
-                yield JobEvent("checkpoint", step=step, total=config.max_steps,
-                               message=str(ckpt_path))
-    finally:
-        if log is not None:
-            log.close()
+    while step < config.max_steps:
+        minutes = (elapsed_before + time.monotonic() - start) / 60
+        over = config.max_minutes is not None and minutes >= config.max_minutes
+        if ddp.broadcast_flag(over, info):
+            yield JobEvent("log", step=step, total=config.max_steps,
+                           message=f"time budget of {config.max_minutes} min reached")
+            break
+        while len(order) < global_batch:
+            order += torch.randperm(n, generator=gen).tolist()
+        idx, order = order[:global_batch], order[global_batch:]
+        images, masks = train_x[idx], train_y[idx]
+        if config.augment:
+            images, masks = augment_batch(images, masks, gen,
+                                          dropout_holes=config.dropout_holes)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(step, config, plateau_scale)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        # Each rank draws the global batch's noise (same generator) and keeps its slice.
+        part = slice(info.rank * config.batch_size, (info.rank + 1) * config.batch_size)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16):
+            loss = objective(model, images, masks, gen, part)
+        if objective.extra_parameters() and getattr(objective, "new_parameters", False):
+            optimizer.add_param_group({"params": objective.extra_parameters()})
+            objective.new_parameters = False
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        _ema_update(ema, network, config.ema_decay if step >= config.warmup_steps else 0.0)
+        step += 1
+        value = float(loss.detach())
+        running = value if step == 1 else 0.95 * running + 0.05 * value
+        if step % 10 == 0 or step == config.max_steps:
+            write_log({"step": step, "loss": running, "lr": lr,
+                       "seconds": round(elapsed_before + time.monotonic() - start, 2)})
+        yield JobEvent("progress", step=step, total=config.max_steps, message="training",
+                       values={"loss": running})
+        if step % config.val_every == 0 or step == config.max_steps:
+            event = validate()
+            if event is not None:
+                yield event
+        if step % config.checkpoint_every == 0:
+            save_checkpoint()
+            ddp.barrier(info)
+            yield JobEvent("checkpoint", step=step, total=config.max_steps,
+                           message=str(ckpt_path))
 
     if step % config.val_every and (best_state is None or step != config.max_steps):
         validate()
