@@ -84,3 +84,19 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, ph2_subset: Path) -> P
                  "--out", str(out), "--device", "cpu"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-tensor tests (restored after).
+
+    Tiny convolutions gain nothing from a second thread and lose a lot to OpenMP contention
+    when the 2-core machine is busy. Use with ``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

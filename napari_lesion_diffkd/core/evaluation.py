@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_lesion_diffkd.core.bundle import ModelBundle
 from napari_lesion_diffkd.core.data.datasets import PairRecord, read_pair
-from napari_lesion_diffkd.core.jobs import JobEvent
+from napari_lesion_diffkd.core.jobs import JobEvent, run_to_completion
 
 
 def _finite_stat(stat, values: list[float]) -> float:
@@ -46,13 +46,9 @@ def evaluate_bundle(
     for i, record in enumerate(records):
         image, mask = read_pair(record)
         start = time.perf_counter()
-        gen = segment_image(bundle, image, num_samples=num_samples, fusion=fusion, seed=seed)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        result = run_to_completion(
+            segment_image(bundle, image, num_samples=num_samples, fusion=fusion, seed=seed)
+        )
         times.append(time.perf_counter() - start)
         metrics = all_metrics(result.consensus, mask)
         rows.append({"id": record.id, "dataset": record.dataset, **metrics,

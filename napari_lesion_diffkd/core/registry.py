@@ -34,8 +34,7 @@ def model_dirs() -> list[Path]:
     """Folders searched for bundles, highest priority first."""
     dirs = [Path(p) for p in os.environ.get(MODELS_ENV_VAR, "").split(os.pathsep) if p]
     cache = os.environ.get(CACHE_ENV_VAR)
-    dirs.append(Path(cache) if cache else Path.home() / ".cache" / "napari-lesion-diffkd")
-    dirs[-1] = dirs[-1] / "models" if not cache else dirs[-1]
+    dirs.append(Path(cache) if cache else Path.home() / ".cache" / "napari-lesion-diffkd" / "models")
     dirs.append(Path(__file__).resolve().parents[2] / "models")
     return dirs
 

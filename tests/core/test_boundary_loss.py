@@ -21,13 +21,7 @@ from napari_lesion_diffkd.core.training.losses import (
 T = 250  # seed 000 §IV-A
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small ops only lose to OpenMP contention on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,7 @@ from napari_lesion_diffkd.core.training.objectives import (
 SCHEDULE = NoiseSchedule("cosine", 1000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread on the shared 2-core machine; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_masks(batch: int, size: int, seed: int) -> torch.Tensor:

@@ -29,17 +29,7 @@ from napari_lesion_diffkd.core.diffusion.targets import training_target
 from napari_lesion_diffkd.core.jobs import JobEvent, run_to_completion
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's tiny convolutions on one thread.
-
-    On a loaded 2-core machine a 6x6 conv took ~20 ms with 2 intra-op threads and ~0.1 ms
-    with one (thread hand-off dominates such tiny work). Restored afterwards.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- tiny networks ---------------------------------------------------------------------------------

@@ -83,6 +83,9 @@ def test_leaf_alignment_trains_the_projector(ph2_subset, tmp_path, ph2_pairs,
     _, result = _train_and_sample(config, ph2_subset, tmp_path / "leaf", ph2_pairs,
                                   num_samples=2, sampler="one-step")
     assert result.samples.shape[0] == 2
+    # The projector is trained and checkpointed, so --resume continues it too.
+    ckpt = torch.load(tmp_path / "leaf" / "checkpoint.pt", weights_only=True)
+    assert ckpt["aligner"] and all(v.isfinite().all() for v in ckpt["aligner"].values())
 
 
 def test_leaf_without_an_encoder_is_a_clear_error(ph2_subset, tmp_path) -> None:

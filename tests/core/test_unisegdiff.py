@@ -27,13 +27,7 @@ from napari_lesion_diffkd.core.training.objectives import staged_loss
 SMALL_COND = {"image_channels": 3, "base_channels": 8, "channel_mults": [1, 2, 4, 4], "stem_stride": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread on the shared 2-core machine; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_net(**kwargs) -> UniSegDiffNet:

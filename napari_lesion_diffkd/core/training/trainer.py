@@ -166,7 +166,27 @@ class _Objective:
         for p in self.encoder.parameters():
             p.requires_grad_(False)
 
+    def prepare(self, network: nn.Module, images: torch.Tensor) -> None:
+        """Build the LEAF projector, sized by one forward pass on ``images[:1]``, so that it
+        exists before the optimizer and the checkpoint are made."""
+        if self.encoder is None:
+            return
+        from napari_lesion_diffkd.core.training.objectives import (
+            FeatureAligner,
+            capture_features,
+        )
+
+        one = images[:1]
+        t = torch.full((1,), float(self.schedule.num_timesteps - 1), device=self.device)
+        x_t = torch.zeros(1, 1, *one.shape[-2:], device=self.device)
+        with torch.no_grad(), capture_features(network, self.config.leaf_feature_module) as cap:
+            network(x_t, t, one)
+            target = self.encoder.features(one)[-1]
+        features = cap.get("features")
+        self.aligner = FeatureAligner(features.shape[1], target.shape[1]).to(self.device)
+
     def extra_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the objective itself (the LEAF projector)."""
         return [] if self.aligner is None else list(self.aligner.parameters())
 
     def __call__(self, network: nn.Module, images: torch.Tensor, masks: torch.Tensor,
@@ -213,13 +233,11 @@ class _Objective:
         return loss
 
     def _alignment(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        from napari_lesion_diffkd.core.training.objectives import FeatureAligner, alignment_loss
+        from napari_lesion_diffkd.core.training.objectives import alignment_loss
 
         with torch.no_grad():
             target = self.encoder.features(images)[-1].float()
-        if self.aligner is None:
-            self.aligner = FeatureAligner(features.shape[1], target.shape[1]).to(self.device)
-            self.new_parameters = True
+        assert self.aligner is not None, "prepare() builds the projector before training"
         projected = self.aligner(features.float(), size=target.shape[-2:])
         return alignment_loss(projected, target)
 
@@ -279,7 +297,9 @@ def train(
         p.requires_grad_(False)
     schedule = NoiseSchedule.from_config(config.schedule)
     objective = _Objective(config, schedule, device)
+    objective.prepare(network, train_x)
     trainable = [p for p in network.parameters() if p.requires_grad]
+    trainable += objective.extra_parameters()
     model = nn.parallel.DistributedDataParallel(network) if info.enabled else network
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
@@ -301,6 +321,8 @@ def train(
         order = [int(i) for i in ckpt["order"].tolist()]
         elapsed_before = float(ckpt["elapsed"])
         best_state = ckpt.get("best_state") or None
+        if objective.aligner is not None:
+            objective.aligner.load_state_dict(ckpt["aligner"])
         yield JobEvent("log", step=step, total=config.max_steps, message=f"resumed at step {step}")
 
     start = time.monotonic()
@@ -325,6 +347,7 @@ def train(
             "stale": stale, "order": torch.tensor(order, dtype=torch.long),
             "elapsed": elapsed_before + time.monotonic() - start,
             "best_state": best_state or {},
+            "aligner": {} if objective.aligner is None else objective.aligner.state_dict(),
         }
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(payload, tmp)
@@ -371,9 +394,6 @@ def train(
         part = slice(info.rank * config.batch_size, (info.rank + 1) * config.batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16):
             loss = objective(model, images, masks, gen, part)
-        if objective.extra_parameters() and getattr(objective, "new_parameters", False):
-            optimizer.add_param_group({"params": objective.extra_parameters()})
-            objective.new_parameters = False
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -398,8 +418,8 @@ def train(
             yield JobEvent("checkpoint", step=step, total=config.max_steps,
                            message=str(ckpt_path))
 
-    if step % config.val_every and (best_state is None or step != config.max_steps):
-        validate()
+    if step % config.val_every and step != config.max_steps:
+        validate()  # stopped by the time budget between two validations
     save_checkpoint()
     agree = ddp.parameters_agree(network, info)
     ddp.barrier(info)
