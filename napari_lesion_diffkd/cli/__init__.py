@@ -13,7 +13,7 @@ import sys
 
 from napari_lesion_diffkd import __version__
 
-SUBCOMMANDS = ("models", "predict", "train", "evaluate", "demo")
+SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

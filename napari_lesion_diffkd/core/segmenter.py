@@ -69,6 +69,10 @@ def build_bundle_sampler(bundle: ModelBundle, sampler: str | None, num_steps: in
     name = sampler or defaults.get("name", "ddim")
     steps = num_steps if num_steps is not None else defaults.get("num_steps")
     kwargs: dict[str, Any] = {}
+    if name == defaults.get("name", "ddim"):
+        # The bundle's own sampler keeps its stored options (e.g. the staged sampler's heads).
+        kwargs.update({k: v for k, v in defaults.items()
+                       if k not in ("name", "num_samples", "num_steps")})
     if name == "ddim" and steps is not None:
         kwargs["num_steps"] = int(steps)
     elif name != "ddim" and num_steps is not None:

@@ -433,6 +433,17 @@ def test_staged_dual_head_uses_the_right_heads(branch: str, middle_x0: float) ->
     torch.testing.assert_close(seen[299].double(), x299, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("final_head,expected", [("epsilon", -0.5), ("x0", 0.5), ("average", 0.0)])
+def test_staged_final_head_picks_the_last_estimate(final_head: str, expected: float) -> None:
+    schedule = NoiseSchedule("linear", 1000, 1e-4, 0.02)
+    sampler = StagedSampler(schedule, "epsilon", final_head=final_head)
+    assert sampler.to_config()["final_head"] == final_head
+    out, _ = _run(sampler, DualHead(schedule), _image(n=1, size=4), 2, seeds=[1, 2])
+    torch.testing.assert_close(out, torch.full_like(out, expected), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="final_head"):
+        StagedSampler(schedule, "epsilon", final_head="mask")
+
+
 def test_single_head_staged_uses_conversions() -> None:
     schedule = NoiseSchedule("linear", 100)
     x0 = _oracle_mask()

@@ -56,3 +56,17 @@ def test_bad_arguments_are_rejected(bundle) -> None:
         run_to_completion(segment_image(bundle, np.zeros((4, 5, 6, 7))))
     with pytest.raises(ValueError, match="fusion"):
         run_to_completion(segment_image(bundle, np.zeros((8, 8)), fusion="vote"))
+
+
+def test_bundle_sampler_keeps_its_stored_options(bundle) -> None:
+    import copy
+
+    from napari_lesion_diffkd.core.segmenter import build_bundle_sampler
+
+    staged = copy.copy(bundle)
+    staged.config = {**bundle.config, "sampler": {"name": "staged", "num_samples": 4,
+                                                  "final_head": "x0", "middle_branch": "x0"}}
+    sampler = build_bundle_sampler(staged, None, None)
+    assert (sampler.name, sampler.final_head, sampler.middle_branch) == ("staged", "x0", "x0")
+    # Another sampler asked for by name does not inherit the staged sampler's options.
+    assert build_bundle_sampler(staged, "ddim", 2).num_steps == 2

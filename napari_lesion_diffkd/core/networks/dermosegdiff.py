@@ -28,7 +28,9 @@ changes the width), so H and W must be divisible by ``2 ** (levels - 1)``.
 
 Parameter counts (:data:`PUBLISHED_PARAMS_M`; checked by ``tests/core/test_dermosegdiff.py``):
 ``efkd-isic2018`` 81.67M (published 81.6M), ``efkd-ham10000`` 40.36M (40.3M),
-``dermosegdiff-isic2018`` 321.2M (~321M), ``dermosegdiff-ham10000`` 157.7M (~158M). What makes
+``dermosegdiff-isic2018`` 321.2M (~321M), ``dermosegdiff-ham10000`` 157.7M (~158M); the
+LiteDermoSegDiff students (:func:`cut_stages`, seed 000 §III-C / Table II: the teachers cut to
+3 stages) ``lite-efkd-isic2018`` 9.35M (9.3M), ``lite-efkd-ham10000`` 8.50M (8.5M). What makes
 them: two 3x3 convs per residual block (4 blocks per encoder level, 2 per decoder level, 2 in the
 bottleneck), both skips (each ``cx + cg`` wide) feeding the decoder, an image stream that ends at
 ``32 x base_channels_image`` and is concatenated with the mask stream before every down step,
@@ -39,6 +41,7 @@ last 3x3 width change alone), mask-stream encoder 11.9M, bottleneck 11.8M, decod
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -457,6 +460,52 @@ class DermoSegDiffUNet(nn.Module):
 
 
 # -- presets -----------------------------------------------------------------------------------
+_STAGE_KEYS = ("mask_stage_mults", "image_stage_mults")
+
+
+def cut_stages(config: dict[str, Any], depth: int) -> dict[str, Any]:
+    """LiteDermoSegDiff student: the teacher's config with its deepest stages cut.
+
+    Seed 000 §III-C obtains the student by "reduc[ing] the number of stages" of the teacher's
+    U-Net; Table II cuts stage 6, then 5, then 4 (remaining depth 5, 4, 3) and the student is
+    the depth-3 network. Cutting stages here means keeping the first ``depth`` entries of both
+    ``mask_stage_mults`` and ``image_stage_mults``: the remaining levels keep their widths and
+    the deepest remaining level's width change now feeds the bottleneck, so the maximum channel
+    width drops with the depth too (§III-C's "restrict the maximum channel width"). This
+    reproduces Table II: ``efkd-isic2018`` at depth 6/5/4/3 has 81.67M/39.94M/19.91M/9.35M
+    parameters (published 81.6M/39.9M/19.9M/9.3M), ``efkd-ham10000`` 40.36M/20.30M/12.60M/8.50M
+    (40.3M/20.3M/12.6M/8.5M). The downsampling factor becomes ``2 ** (depth - 1)``.
+
+    Args:
+        config: :class:`DermoSegDiffUNet` constructor kwargs (a preset entry, or a network's
+            ``config``); missing stage lists mean the constructor's defaults.
+        depth: number of stages to keep, 2 <= depth <= the current depth.
+
+    Returns:
+        A deep copy of ``config`` with both stage-multiplier lists truncated to ``depth``
+        entries (lists); ``config`` itself is not modified.
+
+    Raises:
+        ValueError: ``depth`` out of range, or stage lists of different lengths.
+    """
+    out = copy.deepcopy(dict(config))
+    defaults = inspect.signature(DermoSegDiffUNet.__init__).parameters
+    mults = {k: list(out.get(k, defaults[k].default)) for k in _STAGE_KEYS}
+    current = len(mults["mask_stage_mults"])
+    if len(mults["image_stage_mults"]) != current:
+        raise ValueError(
+            "mask_stage_mults and image_stage_mults need the same length, got "
+            f"{mults['mask_stage_mults']} and {mults['image_stage_mults']}"
+        )
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 2 <= depth <= current:
+        raise ValueError(
+            f"depth must be an integer in [2, {current}] (the current depth), got {depth!r}"
+        )
+    for k in _STAGE_KEYS:
+        out[k] = mults[k][:depth]
+    return out
+
+
 # Constructor-kwarg overrides. Seed 000 gives only the counts (Table I/II: 81.6M ISIC2018, 40.3M
 # HAM10000) and says the difference "arises from the default configuration of DermoSegDiff"
 # (§V). The widths come from the public configs: EFKD's teacher configs use base widths 64/32,
@@ -503,12 +552,20 @@ DERMOSEGDIFF_PRESETS: dict[str, dict[str, Any]] = {
         "resnet_groups": 4,
     },
 }
+# LiteDermoSegDiff students (seed 000 §III-C, Table II "Cut Stage 4"): the teachers above at
+# depth 3, derived with cut_stages so they follow any change to the teachers. 9.35M / 8.50M
+# parameters (Table II: 9.3M / 8.5M); lite-cpu-small: 0.59M. H, W: multiples of 4.
+DERMOSEGDIFF_PRESETS["lite-efkd-isic2018"] = cut_stages(DERMOSEGDIFF_PRESETS["efkd-isic2018"], 3)
+DERMOSEGDIFF_PRESETS["lite-efkd-ham10000"] = cut_stages(DERMOSEGDIFF_PRESETS["efkd-ham10000"], 3)
+DERMOSEGDIFF_PRESETS["lite-cpu-small"] = cut_stages(DERMOSEGDIFF_PRESETS["cpu-small"], 3)
 
-# Parameter counts in millions: seed 000 Table I/II for the EFKD teachers; the approximate
-# sizes of DermoSegDiff's own 128/64 configs for the last two.
+# Parameter counts in millions: seed 000 Table I/II for the EFKD teachers and their
+# LiteDermoSegDiff students; the approximate sizes of DermoSegDiff's own 128/64 configs.
 PUBLISHED_PARAMS_M: dict[str, float] = {
     "efkd-isic2018": 81.6,
     "efkd-ham10000": 40.3,
+    "lite-efkd-isic2018": 9.3,
+    "lite-efkd-ham10000": 8.5,
     "dermosegdiff-isic2018": 321.0,
     "dermosegdiff-ham10000": 158.0,
 }

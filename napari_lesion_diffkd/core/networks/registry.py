@@ -8,12 +8,14 @@ from torch import nn
 
 from napari_lesion_diffkd.core.networks.cond_unet import CondDiffusionUNet
 from napari_lesion_diffkd.core.networks.dermosegdiff import DermoSegDiffUNet
+from napari_lesion_diffkd.core.networks.fast_student import FastStudentNet
 from napari_lesion_diffkd.core.networks.seg_unet import SegUNet
 from napari_lesion_diffkd.core.networks.unisegdiff import UniSegDiffNet
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "CondDiffusionUNet": CondDiffusionUNet,
     "DermoSegDiffUNet": DermoSegDiffUNet,
+    "FastStudentNet": FastStudentNet,
     "SegUNet": SegUNet,
     "UniSegDiffNet": UniSegDiffNet,
 }

@@ -19,6 +19,7 @@ def augment_batch(
     masks: torch.Tensor,
     generator: torch.Generator,
     rotate90: bool = True,
+    vertical_flip: bool = True,
     max_degrees: float = 20.0,
     scale_range: tuple[float, float] = (0.85, 1.15),
     max_translate: float = 0.08,
@@ -31,6 +32,8 @@ def augment_batch(
     Args:
         images: (B, C, S, S) float in [-1, 1]. masks: (B, 1, S, S) float in {-1, 1}.
         generator: CPU generator, so augmentation is reproducible and resumable.
+        rotate90, vertical_flip: allow 90-degree rotations / up-down flips (off for images
+            with a fixed orientation, such as ultrasound and CT).
         photometric: strength of brightness/contrast/gamma jitter (0 disables).
         dropout_holes: up to this many rectangles of side ``dropout_size * S`` are filled with
             the image mean (coarse dropout, as in the seeds' Albumentations pipelines).
@@ -43,7 +46,7 @@ def augment_batch(
 
     # Flips and 90-degree rotations: exact, no interpolation.
     flip_x = rand(b) < 0.5
-    flip_y = rand(b) < 0.5
+    flip_y = (rand(b) < 0.5) & vertical_flip
     images = torch.where(flip_x[:, None, None, None], images.flip(-1), images)
     masks = torch.where(flip_x[:, None, None, None], masks.flip(-1), masks)
     images = torch.where(flip_y[:, None, None, None], images.flip(-2), images)

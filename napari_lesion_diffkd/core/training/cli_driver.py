@@ -66,6 +66,8 @@ def train_from_cli(args: argparse.Namespace) -> int:
         return 2
     if args.max_minutes is not None:
         config.max_minutes = args.max_minutes
+    if getattr(args, "teacher", None):  # lesion-diffkd distill
+        config.teacher = args.teacher
     try:
         records = collect_records(args.data)
     except (OSError, ValueError) as exc:
@@ -81,11 +83,15 @@ def train_from_cli(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     info, device = init_from_env(device)  # no-op unless launched by torchrun
-    result = run_to_completion(
-        train(config, records, args.out, device=device, resume=args.resume,
-              provenance=provenance),
-        on_event=_ConsoleProgress() if info.is_main else None,
-    )
+    try:
+        result = run_to_completion(
+            train(config, records, args.out, device=device, resume=args.resume,
+                  provenance=provenance),
+            on_event=_ConsoleProgress() if info.is_main else None,
+        )
+    except (ValueError, FileNotFoundError) as exc:  # bad config/teacher/resume: a clear line
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
     if info.is_main:
         sys.stderr.write("\n")
     summary = {k: v for k, v in result.items() if k != "val_records"}

@@ -34,10 +34,15 @@ class TrainConfig:
         augment: use ``augment_batch``; ``dropout_holes`` rectangles of coarse dropout at most
             (0 for small lesions, which a hole can erase while the label keeps them).
         sampler: default inference sampler stored in the bundle.
+        vertical_flip, rotate90: orientation-changing augmentations. On for dermoscopy (no
+            up or down in a skin photo); off for ultrasound (the transducer is always at the
+            top, depth runs down) and CT (anterior at the top), where they teach the network
+            to ignore a prior it should use.
         seed: RNG seed for init, data order, noise and augmentation.
         objective: ``"diffusion"`` (prediction-target loss; the default), ``"staged"``
-            (UniSegDiff's staged dual-head loss, seed 004) or ``"segmentation"`` (a plain
-            supervised network such as ``SegUNet``: the baseline, no diffusion).
+            (UniSegDiff's staged dual-head loss, seed 004), ``"segmentation"`` (a plain
+            supervised network such as ``SegUNet``: the baseline, no diffusion) or
+            ``"trajectory"`` (one-call x0 student distilled from ``teacher``).
         boundary_loss_weight: weight of seed 000's boundary-aware loss (eq. 1) added to the
             diffusion loss (0 disables).
         leaf_lambda: weight of LEAF's feature alignment (seed 001 eq. 5; 0 disables);
@@ -45,6 +50,18 @@ class TrainConfig:
             ``leaf_feature_module`` the hooked submodule of the denoiser.
         condition_bundle: a trained SegUNet bundle whose weights initialise (and freeze)
             a UniSegDiff network's condition network.
+        teacher: a frozen teacher (registered name or bundle folder) for distillation.
+        kd_method: with a teacher and the ``"diffusion"`` objective (seed 000's student):
+            ``"none"`` (no KD), ``"general"`` (eq. 2, MSE between the student's and teacher's
+            eps at the same x_t, t, g) or ``"efkd"`` (eqs. 3-7, edge/body split of that MSE);
+            ``kd_weight`` scales it; ``efkd_tau``, ``efkd_lambda_edge``, ``efkd_lambda_body``
+            are tau, lambda_e, lambda_b (0.6, 5, 2 in seed 000 §IV-A).
+            With the ``"trajectory"`` objective (the project's fast student, see
+            ``core/distillation/trajectory.py``) the same edge/body weighting is applied to the
+            error against the teacher's mask for the same initial noise.
+        trajectory_noises: teacher masks (noises) cached per training image.
+        trajectory_gt_weight: weight of Dice + BCE against the label, added to the trajectory
+            loss (0: pure distillation).
         lr_schedule: ``"cosine"`` over ``max_steps`` or ``"plateau"`` (LR x ``plateau_factor``
             after ``plateau_patience`` validations without a better Dice).
     """
@@ -81,6 +98,8 @@ class TrainConfig:
     channels_last: bool = False
     augment: bool = True
     dropout_holes: int = 4
+    vertical_flip: bool = True
+    rotate90: bool = True
     sampler: dict[str, Any] = field(
         default_factory=lambda: {"name": "ddim", "num_steps": 4, "num_samples": 8}
     )
@@ -91,6 +110,14 @@ class TrainConfig:
     leaf_encoder: str | None = None
     leaf_feature_module: str = "mid"
     condition_bundle: str | None = None
+    teacher: str | None = None
+    kd_method: str = "none"
+    kd_weight: float = 1.0
+    efkd_tau: float = 0.6
+    efkd_lambda_edge: float = 5.0
+    efkd_lambda_body: float = 2.0
+    trajectory_noises: int = 8
+    trajectory_gt_weight: float = 0.0
     lr_schedule: str = "cosine"
     plateau_patience: int = 3
     plateau_factor: float = 0.5

@@ -44,7 +44,7 @@ from napari_lesion_diffkd.core.training.config import TrainConfig
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 PLOT_NAME = "train_curves.png"
-OBJECTIVES = ("diffusion", "staged", "segmentation")
+OBJECTIVES = ("diffusion", "staged", "segmentation", "trajectory")
 
 
 def soft_dice_loss(pred_prob: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,10 @@ def predict_masks(
     # A dual-head (staged) network is validated through its x0 head: few-step DDIM from the
     # epsilon head is poor at the top of the schedule.
     target = "x0" if config.objective == "staged" else config.prediction_target
-    sampler = build_sampler("ddim", schedule, target, num_steps=config.val_steps)
+    if config.objective == "trajectory":  # the student's own one-call inference
+        sampler = build_sampler("one-step", schedule, target)
+    else:
+        sampler = build_sampler("ddim", schedule, target, num_steps=config.val_steps)
     seeds = list(range(config.val_samples))
     for i in range(0, len(images), batch):
         x0 = run_to_completion(sampler.sample(network, images[i : i + batch],
@@ -155,6 +158,21 @@ class _Objective:
         self.encoder: Any = None
         if config.leaf_lambda > 0:
             self._setup_leaf()
+        self.distill: Any = None
+        if config.objective == "trajectory" or config.kd_method != "none":
+            from napari_lesion_diffkd.core.distillation.objectives import Distillation
+
+            self.distill = Distillation(config, schedule, device)
+
+    @property
+    def augments_itself(self) -> bool:
+        """The trajectory objective flips image, noise and teacher mask together itself."""
+        return self.config.objective == "trajectory"
+
+    def prepare_targets(self, images: torch.Tensor, out_dir: Path) -> Generator[JobEvent, None, None]:
+        """Teacher targets of the trajectory objective (cached in ``out_dir``)."""
+        if self.config.objective == "trajectory":
+            yield from self.distill.prepare_targets(images, out_dir)
 
     def _setup_leaf(self) -> None:
         from napari_lesion_diffkd.core.bundle import load_bundle
@@ -190,11 +208,18 @@ class _Objective:
         return [] if self.aligner is None else list(self.aligner.parameters())
 
     def __call__(self, network: nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                 gen: torch.Generator, part: slice = slice(None)) -> torch.Tensor:
+                 gen: torch.Generator, part: slice = slice(None),
+                 indices: Sequence[int] = ()) -> torch.Tensor:
         """Loss on rows ``part`` of the (global) batch ``images`` (B, C, H, W), ``masks``
-        (B, 1, H, W) in {-1, 1}. Noise and timesteps are drawn for all B rows so that every
-        DDP rank advances the shared generator identically."""
+        (B, 1, H, W) in {-1, 1}; ``indices`` are the rows' training-set indices. Noise and
+        timesteps are drawn for all B rows so that every DDP rank advances the shared
+        generator identically."""
         c = self.config
+        if c.objective == "trajectory":
+            # Every rank draws for the whole global batch (same generator), keeps its rows.
+            loss_rows = list(range(len(indices)))[part]
+            return self.distill.trajectory_loss(
+                network, images[part], masks[part], [int(indices[i]) for i in loss_rows], gen)
         if c.objective == "segmentation":
             from napari_lesion_diffkd.core.training.objectives import segmentation_loss
 
@@ -228,6 +253,8 @@ class _Objective:
 
             loss = loss + c.boundary_loss_weight * boundary_aware_loss(
                 output.float(), target, (masks + 1) / 2, t, self.schedule.num_timesteps)
+        if self.distill is not None:
+            loss = loss + self.distill.kd_term(output, c.prediction_target, x_t, t, images, masks)
         if features is not None:
             loss = loss + c.leaf_lambda * self._alignment(features, images)
         return loss
@@ -298,6 +325,7 @@ def train(
     schedule = NoiseSchedule.from_config(config.schedule)
     objective = _Objective(config, schedule, device)
     objective.prepare(network, train_x)
+    yield from objective.prepare_targets(train_x, out)
     trainable = [p for p in network.parameters() if p.requires_grad]
     trainable += objective.extra_parameters()
     model = nn.parallel.DistributedDataParallel(network) if info.enabled else network
@@ -381,9 +409,11 @@ def train(
             order += torch.randperm(n, generator=gen).tolist()
         idx, order = order[:global_batch], order[global_batch:]
         images, masks = train_x[idx], train_y[idx]
-        if config.augment:
+        if config.augment and not objective.augments_itself:
             images, masks = augment_batch(images, masks, gen,
-                                          dropout_holes=config.dropout_holes)
+                                          dropout_holes=config.dropout_holes,
+                                          rotate90=config.rotate90,
+                                          vertical_flip=config.vertical_flip)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         lr = lr_at(step, config, plateau_scale)
@@ -393,7 +423,7 @@ def train(
         # Each rank draws the global batch's noise (same generator) and keeps its slice.
         part = slice(info.rank * config.batch_size, (info.rank + 1) * config.batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16):
-            loss = objective(model, images, masks, gen, part)
+            loss = objective(model, images, masks, gen, part, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

@@ -1,0 +1,38 @@
+"""``lesion-diffkd distill``: distil a frozen teacher into a student (seed 000 KD/EFKD, or the
+project's trajectory-distilled fast student), with every feature of ``train``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill", help="distil a teacher model into a student",
+        description="Train the student described by --student-config against the frozen "
+                    "--teacher. The config's objective picks the recipe: 'trajectory' (fast "
+                    "one-call student, teacher masks cached in OUT) or 'diffusion' with "
+                    "kd_method general|efkd (seed 000's LiteDermoSegDiff). Resume, time budget, "
+                    "logs, plot and torchrun/DDP work as in 'train'.")
+    p.add_argument("--teacher", required=True, help="registered teacher name or bundle folder")
+    p.add_argument("--student-config", required=True, help="YAML/JSON student training config")
+    p.add_argument("--data", required=True, help="dataset folder(s), comma separated")
+    p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last checkpoint")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_lesion_diffkd.core.registry import UnknownModelError, resolve_model
+    from napari_lesion_diffkd.core.training.cli_driver import train_from_cli
+
+    try:
+        resolve_model(args.teacher)
+    except UnknownModelError as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return 2
+    args.config = args.student_config
+    return train_from_cli(args)

@@ -1,0 +1,137 @@
+"""``lesion-diffkd distill``: the fast student (trajectory distillation) and seed 000's KD/EFKD,
+from the tiny teacher trained in the session fixture on real PH2 pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from napari_lesion_diffkd.cli import main
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path,
+                 ph2_subset: Path) -> Path:
+    out = tmp_path_factory.mktemp("students") / "tiny-student"
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(FIXTURES / "tiny_student.yaml"), "--data", str(ph2_subset),
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_trajectory_student_learns_the_teachers_masks(tiny_student: Path, tiny_bundle: Path,
+                                                       ph2_subset: Path) -> None:
+    from napari_lesion_diffkd.core.data.datasets import group_split, load_tensors, scan_pairs
+    from napari_lesion_diffkd.core.distillation.trajectory import (
+        CACHE_NAME,
+        trajectory_noise,
+        trajectory_seed,
+    )
+    from napari_lesion_diffkd.core.registry import load_model
+
+    config = json.loads((tiny_student / "config.json").read_text())
+    assert config["provenance"]["train_config"]["teacher"] == str(tiny_bundle)
+    assert config["sampler"]["name"] == "one-step"
+    log = [json.loads(x) for x in (tiny_student / "train_log.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in log if "loss" in e]
+    assert losses[-1] < losses[0]
+
+    # The cache holds the teacher's masks for exactly the documented seeds.
+    cache = torch.load(tiny_student / CACHE_NAME, weights_only=True)
+    teacher = load_model(tiny_bundle)
+    train, _ = group_split(scan_pairs(ph2_subset), 0.2, 0)
+    images, _ = load_tensors(train, 32, 3)
+    from napari_lesion_diffkd.core.jobs import run_to_completion
+    from napari_lesion_diffkd.core.segmenter import build_bundle_sampler
+
+    sampler = build_bundle_sampler(teacher, None, None)
+    seeds = [trajectory_seed(0, 1, m, 3) for m in range(3)]
+    with torch.no_grad():
+        direct = run_to_completion(sampler.sample(teacher.network, images[1:2], 3, seeds=seeds))
+    cached = cache["targets"][1].float() / 127.5 - 1
+    torch.testing.assert_close(cached, direct[0].clamp(-1, 1), rtol=0, atol=1 / 127.5)
+    # The student sees the same noise at its single step.
+    noise = trajectory_noise(seeds, (1, 32, 32))
+    from napari_lesion_diffkd.core.diffusion.sampling_common import draw_noise, make_generators
+
+    torch.testing.assert_close(noise[2:3], draw_noise(make_generators(seeds[2:3]), (1, 1, 32, 32),
+                                                      torch.device("cpu")))
+
+
+def test_resume_reuses_the_cached_teacher_targets(tiny_student: Path, tiny_bundle: Path,
+                                                  ph2_subset: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(tiny_student, out)
+    config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
+    config["max_steps"] = 33
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump(config))
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(tmp_path / "longer.yaml"), "--data", str(ph2_subset), "--out", str(out),
+                 "--device", "cpu", "--resume"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "teacher targets reused" in err and "resumed at step 30" in err
+
+
+def test_seed_student_with_efkd_and_general_kd(tiny_bundle: Path, ph2_subset: Path,
+                                              tmp_path: Path) -> None:
+    config = yaml.safe_load((FIXTURES / "tiny_train.yaml").read_text())
+    config.update(name="tiny-lite", role="student", prediction_target="epsilon",
+                  boundary_loss_weight=0.25, max_steps=4, val_every=4, checkpoint_every=4)
+    for method in ("general", "efkd"):
+        config["kd_method"] = method
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code = main(["distill", "--teacher", str(tiny_bundle), "--student-config", str(path),
+                     "--data", str(ph2_subset), "--out", str(tmp_path / method),
+                     "--device", "cpu"])
+        assert code == 0
+        saved = json.loads((tmp_path / method / "config.json").read_text())
+        assert saved["provenance"]["train_config"]["kd_method"] == method
+
+
+def test_kd_term_is_zero_when_the_student_copies_the_teacher(tiny_bundle: Path) -> None:
+    from napari_lesion_diffkd.core.distillation.objectives import Distillation
+    from napari_lesion_diffkd.core.registry import load_model
+    from napari_lesion_diffkd.core.training.config import TrainConfig
+
+    teacher = load_model(tiny_bundle)
+    config = TrainConfig.from_dict({**yaml.safe_load((FIXTURES / "tiny_train.yaml").read_text()),
+                                    "teacher": str(tiny_bundle), "kd_method": "efkd"})
+    distill = Distillation(config, teacher.schedule, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(2, 1, 32, 32, generator=gen) > 0.5).float() * 2 - 1
+    images = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    t = torch.tensor([3.0, 40.0])
+    x_t = teacher.schedule.add_noise(masks, torch.randn(2, 1, 32, 32, generator=gen), t.long())
+    with torch.no_grad():
+        same = teacher.network(x_t, t, images)
+    zero = distill.kd_term(same, "x0", x_t, t, images, masks)
+    assert float(zero) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill.kd_term(same + 0.1, "x0", x_t, t, images, masks)) > 0
+
+
+def test_distill_rejects_unknown_teachers_and_mismatched_sizes(tiny_bundle: Path,
+                                                              ph2_subset: Path, tmp_path: Path,
+                                                              capsys) -> None:
+    code = main(["distill", "--teacher", "no-such-teacher", "--student-config",
+                 str(FIXTURES / "tiny_student.yaml"), "--data", str(ph2_subset),
+                 "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert code == 2 and "no-such-teacher" in capsys.readouterr().err
+    config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
+    config["input_size"] = 64
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(config))
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(tmp_path / "big.yaml"), "--data", str(ph2_subset),
+                 "--out", str(tmp_path / "b"), "--device", "cpu"])
+    assert code == 2 and "must match" in capsys.readouterr().err
