@@ -110,12 +110,13 @@ def model_card(config: dict, evaluation: dict) -> str:
         f"(K = {evaluation['settings']['num_samples']}, 2-core VM) "
         f"{evaluation['seconds_per_image_median']:.3f} s.",
         "",
+        *_distillation_lines(config),
         "## Training",
         "",
         f"{prov['steps']} steps of batch {tc['batch_size']} in {prov['train_seconds'] / 60:.1f} "
         f"minutes on a 2-core CPU; AdamW lr {tc['lr']} with warm-up and cosine decay, EMA "
-        f"{tc['ema_decay']}, bf16 autocast: {tc['amp_bf16']}; flips, 90° rotations, affine, "
-        "brightness/contrast/gamma and coarse dropout. Weights with the best validation Dice "
+        f"{tc['ema_decay']}, bf16 autocast: {tc['amp_bf16']}; {_augmentation_text(tc)}. "
+        "Weights with the best validation Dice "
         "(at model resolution, checked every "
         f"{tc['val_every']} steps) are kept.",
         "",
@@ -137,6 +138,42 @@ def model_card(config: dict, evaluation: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _augmentation_text(tc: dict) -> str:
+    """What the training run's augmentation did, from its stored config."""
+    if tc.get("objective") == "trajectory":
+        return ("left-right flips" + (" and up-down flips" if tc.get("vertical_flip", True)
+                                      else "") + " of image, noise and teacher mask together")
+    if not tc.get("augment", True):
+        return "no augmentation"
+    parts = ["left-right flips"]
+    if tc.get("vertical_flip", True):
+        parts.append("up-down flips")
+    if tc.get("rotate90", True):
+        parts.append("90° rotations")
+    parts += ["small affine", "brightness/contrast/gamma"]
+    if tc.get("dropout_holes", 4):
+        parts.append(f"coarse dropout (up to {tc['dropout_holes']} holes)")
+    return ", ".join(parts)
+
+
+def _distillation_lines(config: dict) -> list[str]:
+    """Teacher and recipe of a distilled student (empty for other models)."""
+    tc = config["provenance"].get("train_config", {})
+    if not tc.get("teacher"):
+        return []
+    if tc.get("objective") == "trajectory":
+        recipe = (f"trajectory distillation: {tc['trajectory_noises']} cached teacher masks "
+                  "(teacher's default sampler, one fixed initial noise each) per training image; "
+                  "the student maps the same noise to the teacher's mask in one call at "
+                  f"t = T - 1; EFKD edge/body weighting (tau {tc['efkd_tau']}, lambda_e "
+                  f"{tc['efkd_lambda_edge']}, lambda_b {tc['efkd_lambda_body']}) plus "
+                  f"{tc['trajectory_gt_weight']} x (Dice + BCE) against the labels")
+    else:
+        recipe = (f"seed 000 KD ({tc.get('kd_method')}, weight {tc.get('kd_weight')}) added to "
+                  "the diffusion and boundary-aware losses")
+    return ["## Distillation", "", f"- teacher: `{tc['teacher']}`", f"- recipe: {recipe}", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

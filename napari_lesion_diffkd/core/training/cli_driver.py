@@ -45,8 +45,11 @@ class _ConsoleProgress:
 
     def __call__(self, event: JobEvent) -> None:
         if event.kind == "progress":
-            if event.step % 10 == 0 or event.step == event.total:
-                loss = event.values.get("loss", float("nan"))
+            if "loss" not in event.values:  # e.g. computing the teacher's targets
+                sys.stderr.write(f"\r{event.message} {event.step}/{event.total}   ")
+                sys.stderr.flush()
+            elif event.step % 10 == 0 or event.step == event.total:
+                loss = event.values["loss"]
                 sys.stderr.write(f"\rstep {event.step}/{event.total}  loss {loss:.4f}   ")
                 sys.stderr.flush()
         else:
