@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modalities", nargs="+", default=["dermoscopy", "ultrasound", "ct"])
     parser.add_argument("--samples", type=int, default=None, help="K (teacher default if unset)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--from-cards", action="store_true",
+                        help="use the validation metrics scripts/register_model.py stored in "
+                             "each bundle (same images and settings) instead of re-running; "
+                             "the s / image column is then left out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         records = [r for d in prov["data"] for r in scan_pairs(d) if r.id in val_ids]
         k = args.samples or teacher.config["sampler"].get("num_samples", 8)
         for bundle, kk in ((teacher, k), (baseline, 1)):
-            ev = run_to_completion(evaluate_bundle(bundle, records, num_samples=kk))
+            ev = (_stored_evaluation(bundle) if args.from_cards
+                  else run_to_completion(evaluate_bundle(bundle, records, num_samples=kk)))
+            kk = ev.get("k", kk)
             m = ev["mean"]
             row = {"modality": modality, "model": bundle.name,
                    "architecture": bundle.config["network"]["_class_name"],
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Teachers beside the plain UNet baseline",
         "",
-        f"Command: `python benchmarks/bench_teachers.py --modalities {' '.join(args.modalities)}`"
+        "Command: `python benchmarks/bench_teachers.py --modalities "
+        f"{' '.join(args.modalities)}{' --from-cards' if args.from_cards else ''}`"
         f" ({args.threads} torch threads). Validation images the models never trained on "
         "(group-aware split stored in each bundle), scored at original resolution; HD95 in "
         "pixels; seconds = median per image including STAPLE.",
@@ -80,9 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         dice = f"{r['dice']:.4f}" + (f" ({per})" if len(r["by_dataset"]) > 1 else "")
         lines.append(f"| {r['modality']} | {r['model']} | {r['architecture']} | "
                      f"{r['params_M']:.2f}M | {r['K']} / {r['sampler']} | {r['n']} | {dice} | "
-                     f"{r['iou']:.4f} | {r['hd95']:.2f} | {r['sec']:.3f} | {r['train_min']:.0f} |")
+                     f"{r['iou']:.4f} | {r['hd95']:.2f} | "
+                     + ("-" if r["sec"] is None else f"{r['sec']:.3f}")
+                     + f" | {r['train_min']:.0f} |")
     update_section(ROOT / "docs" / "benchmarks.md", "teachers", "\n".join(lines))
     return 0
+
+
+def _stored_evaluation(bundle) -> dict:
+    """The evaluation ``scripts/register_model.py`` stored in a bundle's config, shaped like
+    ``evaluate_bundle``'s summary (no timing: it ran on a busy machine)."""
+    m = bundle.config.get("metrics", {})
+    if "dice" not in m:
+        raise SystemExit(f"{bundle.name}: no stored evaluation; run scripts/register_model.py")
+    return {"n": m["n_val"], "k": m.get("eval_num_samples"),
+            "mean": {"dice": m["dice"], "iou": m["iou"], "hd95": m["hd95_px"]},
+            "seconds_per_image_median": None,
+            "by_dataset": m.get("by_dataset", {})}
 
 
 if __name__ == "__main__":
