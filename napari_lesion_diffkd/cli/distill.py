@@ -4,6 +4,7 @@ project's trajectory-distilled fast student), with every feature of ``train``.""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "logs, plot and torchrun/DDP work as in 'train'.")
     p.add_argument("--teacher", required=True, help="registered teacher name or bundle folder")
     p.add_argument("--student-config", required=True, help="YAML/JSON student training config")
-    p.add_argument("--data", required=True, help="dataset folder(s), comma separated")
-    p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last checkpoint")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    from napari_lesion_diffkd.cli.train import add_run_options
+
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
@@ -32,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         resolve_model(args.teacher)
     except UnknownModelError as exc:
-        print(f"error: {exc}", file=__import__("sys").stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     args.config = args.student_config
     return train_from_cli(args)
