@@ -135,3 +135,25 @@ def test_distill_rejects_unknown_teachers_and_mismatched_sizes(tiny_bundle: Path
                  str(tmp_path / "big.yaml"), "--data", str(ph2_subset),
                  "--out", str(tmp_path / "b"), "--device", "cpu"])
     assert code == 2 and "must match" in capsys.readouterr().err
+
+
+def test_teacher_target_cache_follows_the_teachers_weights(tiny_bundle: Path,
+                                                           tmp_path: Path) -> None:
+    from napari_lesion_diffkd.core.distillation.trajectory import compute_teacher_targets
+    from napari_lesion_diffkd.core.jobs import run_to_completion
+    from napari_lesion_diffkd.core.registry import load_model
+
+    teacher = load_model(tiny_bundle)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def logs() -> list[str]:
+        seen: list[str] = []
+        run_to_completion(compute_teacher_targets(teacher, images, 2, 0, cache_dir=tmp_path),
+                          on_event=lambda e: seen.append(e.message))
+        return seen
+
+    assert not any("reused" in m for m in logs())
+    assert any("reused" in m for m in logs())
+    with torch.no_grad():  # a retrained teacher under the same name must not reuse the cache
+        next(teacher.network.parameters()).add_(0.01)
+    assert not any("reused" in m for m in logs())

@@ -53,13 +53,15 @@ def trajectory_noise(
     return torch.cat([draw_noise([g], (1, c, h, w), torch.device(device)) for g in gens])
 
 
-def _fingerprint(teacher_name: str, teacher_sha: str, images: torch.Tensor,
-                 per_image: int, base_seed: int) -> str:
+def _fingerprint(teacher: Any, images: torch.Tensor, per_image: int, base_seed: int) -> str:
+    """Hash of everything the cached targets depend on: the teacher's weights and sampler,
+    the images (their order included), M and the seed base."""
     digest = hashlib.sha256()
-    digest.update(f"{teacher_name}|{teacher_sha}|{per_image}|{base_seed}|".encode())
+    digest.update(f"{per_image}|{base_seed}|{teacher.config.get('sampler')}|".encode())
+    for tensor in teacher.network.state_dict().values():
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
     digest.update(str(tuple(images.shape)).encode())
-    # A coarse content hash: cheap, and changes if the images or their order change.
-    digest.update(images[:, :, ::8, ::8].float().cpu().numpy().tobytes())
+    digest.update(images.float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -68,7 +70,6 @@ def compute_teacher_targets(
     images: torch.Tensor,
     per_image: int,
     base_seed: int,
-    batch_images: int = 4,
     cache_dir: str | Path | None = None,
 ) -> Generator[JobEvent, None, torch.Tensor]:
     """The teacher's masks for ``per_image`` noises of every image (cached on disk).
@@ -79,8 +80,8 @@ def compute_teacher_targets(
         images: (N, C, S, S) float32 in [-1, 1], the model-resolution training images, on the
             teacher's device.
         per_image: M, noises per image.
-        base_seed: seed base of :func:`trajectory_seed`.
-        batch_images: images per teacher call (each call runs M samples per image).
+        base_seed: seed base of :func:`trajectory_seed` (one teacher call chain per image, its
+            M samples batched).
         cache_dir: folder of the cache file; None: no cache.
 
     Returns:
@@ -90,8 +91,7 @@ def compute_teacher_targets(
     from napari_lesion_diffkd.core.segmenter import build_bundle_sampler
 
     n = images.shape[0]
-    sha = str(teacher.config.get("weights_sha256", "")) or str(teacher.config.get("name", ""))
-    fingerprint = _fingerprint(str(teacher.name), sha, images, per_image, base_seed)
+    fingerprint = _fingerprint(teacher, images, per_image, base_seed)
     cache = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
     if cache is not None and cache.is_file():
         stored = torch.load(cache, map_location="cpu", weights_only=True)
@@ -101,18 +101,13 @@ def compute_teacher_targets(
     sampler = build_bundle_sampler(teacher, None, None)
     out = []
     network = teacher.network.eval()
-    for start in range(0, n, batch_images):
-        chunk = images[start : start + batch_images]
-        rows = []
-        for j in range(chunk.shape[0]):  # per image: its own seeds
-            seeds = [trajectory_seed(base_seed, start + j, m, per_image) for m in range(per_image)]
-            with torch.inference_mode():
-                x0 = run_to_completion(sampler.sample(network, chunk[j : j + 1], per_image,
-                                                      seeds=seeds))
-            rows.append(x0[0])  # (M, 1, S, S)
-        out.append(torch.stack(rows).cpu())
-        yield JobEvent("progress", step=min(start + batch_images, n), total=n,
-                       message="teacher targets")
+    for i in range(n):
+        seeds = [trajectory_seed(base_seed, i, m, per_image) for m in range(per_image)]
+        with torch.inference_mode():
+            x0 = run_to_completion(sampler.sample(network, images[i : i + 1], per_image,
+                                                  seeds=seeds))
+        out.append(x0.cpu())  # (1, M, 1, S, S)
+        yield JobEvent("progress", step=i + 1, total=n, message="teacher targets")
     targets = torch.cat(out).clamp(-1, 1)
     quantised = torch.round((targets + 1) * 127.5).to(torch.uint8)
     if cache is not None:
