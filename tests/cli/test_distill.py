@@ -157,3 +157,16 @@ def test_teacher_target_cache_follows_the_teachers_weights(tiny_bundle: Path,
     with torch.no_grad():  # a retrained teacher under the same name must not reuse the cache
         next(teacher.network.parameters()).add_(0.01)
     assert not any("reused" in m for m in logs())
+
+
+def test_kd_method_needs_the_diffusion_objective(tiny_bundle: Path) -> None:
+    from napari_lesion_diffkd.core.distillation.objectives import Distillation
+    from napari_lesion_diffkd.core.registry import load_model
+    from napari_lesion_diffkd.core.training.config import TrainConfig
+
+    teacher = load_model(tiny_bundle)
+    config = TrainConfig.from_dict({**yaml.safe_load((FIXTURES / "tiny_train.yaml").read_text()),
+                                    "teacher": str(tiny_bundle), "kd_method": "general",
+                                    "objective": "segmentation"})
+    with pytest.raises(ValueError, match="needs objective 'diffusion'"):
+        Distillation(config, teacher.schedule, torch.device("cpu"))

@@ -214,3 +214,13 @@ def test_bf16_inputs_give_float32_losses(masks64: torch.Tensor) -> None:
         general.detach(), general_kd_loss(student.detach().float(), teacher.float())
     )
     assert isinstance(logs["kd_edge"], float) and isinstance(logs["edge_fraction"], float)
+
+
+def test_edge_band_commutes_with_flips(ph2_pairs) -> None:
+    """The trajectory objective computes edge bands once and flips them with the targets."""
+    masks = torch.stack([(prepare_mask(read_image(m).data, 64) + 1) / 2
+                         for _, m in ph2_pairs[:3]])
+    for dims in ((-1,), (-2,)):
+        edge_of_flip, _ = efkd_region_masks(masks.flip(dims), 0, T)
+        flip_of_edge = efkd_region_masks(masks, 0, T)[0].flip(dims)
+        assert torch.equal(edge_of_flip, flip_of_edge)

@@ -57,6 +57,10 @@ class Distillation:
                 f"the student config has input_size {config.input_size} and image_channels "
                 f"{config.image_channels}: they must match"
             )
+        if config.kd_method != "none" and config.objective != "diffusion":
+            raise ValueError(f"kd_method {config.kd_method!r} distils eps at the student's own "
+                             "(x_t, t): it needs objective 'diffusion', not "
+                             f"{config.objective!r}")
         if config.objective == "diffusion" and config.kd_method != "none":
             if self.teacher.schedule.to_config() != schedule.to_config():
                 raise ValueError(
@@ -65,6 +69,7 @@ class Distillation:
                     f"student's {schedule.to_config()}"
                 )
         self.targets: torch.Tensor | None = None  # (N, M, 1, S, S), trajectory only
+        self.edges: torch.Tensor | None = None  # (N, M, 1, S, S) bool EFKD edge of each target
 
     # -- seed 000: eps KD at the student's (x_t, t) -----------------------------------------------
     def kd_term(
@@ -115,11 +120,21 @@ class Distillation:
         self, images: torch.Tensor, cache_dir: str | Path | None
     ) -> Generator[JobEvent, None, None]:
         """Compute (or reload) the teacher's masks for every training image and noise."""
+        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_region_masks
         from napari_lesion_diffkd.core.distillation.trajectory import compute_teacher_targets
 
         self.targets = yield from compute_teacher_targets(
             self.teacher, images, self.config.trajectory_noises, self.config.seed,
             cache_dir=cache_dir)
+        # The targets never change: their EFKD edge bands (a distance transform each) are
+        # computed once here, not in every step. Flips commute with them.
+        n, m = self.targets.shape[:2]
+        flat = (self.targets.flatten(0, 1) > 0).float()
+        zero = torch.zeros(flat.shape[0])
+        edges = [efkd_region_masks(flat[i : i + 64], zero[i : i + 64],
+                                   self.schedule.num_timesteps, tau=self.config.efkd_tau)[0]
+                 for i in range(0, flat.shape[0], 64)]
+        self.edges = torch.cat(edges).bool().reshape(n, m, *flat.shape[1:])
 
     def trajectory_loss(
         self,
@@ -138,7 +153,7 @@ class Distillation:
             indices: training-set index of each row (selects cached targets and seeds).
             generator: CPU generator (which noise per row, flips).
         """
-        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_loss, efkd_region_masks
+        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_loss
         from napari_lesion_diffkd.core.distillation.trajectory import (
             flip_consistently,
             trajectory_noise,
@@ -154,17 +169,16 @@ class Distillation:
         noise = trajectory_noise(seeds, tuple(masks.shape[1:]), images.device)
         target = torch.stack([self.targets[i, m] for i, m in zip(indices, which)]).to(
             images.device)
-        images, noise, target, masks = flip_consistently(
-            [images, noise, target, masks], generator, vertical=c.vertical_flip)
+        edge = torch.stack([self.edges[i, m] for i, m in zip(indices, which)]).to(
+            images.device, torch.float32)
+        images, noise, target, masks, edge = flip_consistently(
+            [images, noise, target, masks, edge], generator, vertical=c.vertical_flip)
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         top = torch.full((len(indices),), float(self.schedule.num_timesteps - 1),
                          device=images.device)
         x0 = network(noise, top, images).float()
-        zero = torch.zeros_like(top)
-        edge, body = efkd_region_masks((target > 0).float(), zero, self.schedule.num_timesteps,
-                                       tau=c.efkd_tau)
-        loss, _ = efkd_loss(x0, target, edge, body, c.efkd_lambda_edge, c.efkd_lambda_body)
+        loss, _ = efkd_loss(x0, target, edge, 1 - edge, c.efkd_lambda_edge, c.efkd_lambda_body)
         if c.trajectory_gt_weight > 0:
             # x0 in [-1, 1] as a logit of scale 4 (the staged objective's x0 head convention).
             loss = loss + c.trajectory_gt_weight * segmentation_loss(4 * x0, (masks + 1) / 2)

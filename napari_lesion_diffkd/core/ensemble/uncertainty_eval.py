@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from napari_lesion_diffkd.core.ensemble.uncertainty import pixel_variance
+from napari_lesion_diffkd.core.metrics import ArrayLike
 
 __all__ = [
     "auroc",
@@ -40,9 +41,6 @@ __all__ = [
     "spearman",
     "variance_correlation",
 ]
-
-ArrayLike = np.ndarray | torch.Tensor
-
 
 def _numpy(x: ArrayLike) -> np.ndarray:
     """A numpy view/copy of an array or tensor (detached, on the CPU)."""
