@@ -141,7 +141,7 @@ def ensemble_chain(bundle, sampler, cond: torch.Tensor, seeds: list[int]):
 
     x0 = run_to_completion(sampler.sample(bundle.network, cond, len(seeds), seeds=seeds))
     maps = x0[:, :, 0]  # (1, K, S, S)
-    unc = uncertainty_map(maps, kind="entropy")
+    unc = uncertainty_map(maps, kind="entropy", soft=True)
     return fuse_samples(maps, method="staple").consensus, unc
 
 

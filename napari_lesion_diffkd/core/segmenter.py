@@ -36,8 +36,8 @@ class SegmentationResult:
         probability: (Y, X) float32 in [0, 1], the fused foreground probability
             (STAPLE posterior, or the mean of the samples mapped to [0, 1]).
         consensus: (Y, X) bool, the fused mask.
-        uncertainty: (Y, X) float32 in [0, 1], 0 = all samples agree (entropy of the
-            samples' mean, in bits).
+        uncertainty: (Y, X) float32 in [0, 1], 0 = all samples sure and agreeing (by
+            default the entropy, in bits, of the samples' mean soft probability).
         sensitivity, specificity: (K,) per-sample STAPLE estimates (None for other fusions).
         scores: per-image scores for ranking (``sample_disagreement``, ``boundary_entropy``,
             ``mean_entropy``).
@@ -89,6 +89,7 @@ def segment_image(
     sampler: str | None = None,
     fusion: str = "staple",
     seed: int = 0,
+    uncertainty: str = "entropy",
 ) -> Generator[JobEvent, None, SegmentationResult]:
     """Sample K masks for ``image`` and fuse them.
 
@@ -100,6 +101,13 @@ def segment_image(
         sampler: ``ddim`` | ``ddpm`` | ``staged`` | ``one-step`` (default: the bundle's).
         fusion: ``staple`` | ``mean`` | ``majority``.
         seed: same seed, same result.
+        uncertainty: pixel map kind, ``entropy`` | ``variance`` | ``mutual_information``
+            (see :func:`~napari_lesion_diffkd.core.ensemble.uncertainty.uncertainty_map`).
+            The entropy is taken of the mean *soft* probability (x0 + 1) / 2 of the K
+            samples, not of the hard votes: with K hard votes most wrong pixels tie at zero
+            uncertainty, while the soft values still rank them (error-detection AUROC on
+            PH2 validation, K = 8: 0.83 soft vs 0.72 hard for the teacher, 0.88 vs 0.68 for
+            the student; see docs/benchmarks.md).
 
     Yields:
         A progress event per network call.
@@ -131,7 +139,7 @@ def segment_image(
     with torch.no_grad():
         x0_full = resize_maps(x0[:, :, 0].float().cpu(), image.shape[:2])  # (1, K, Y, X)
         fused = fuse_samples(x0_full, method=fusion)
-        unc = uncertainty_map(x0_full, kind="entropy")
+        unc = uncertainty_map(x0_full, kind=uncertainty, soft=True)
         scores = image_scores(x0_full, consensus=fused.consensus)
     seconds = time.perf_counter() - start
     sens = None if fused.sensitivity is None else fused.sensitivity[0].cpu().numpy()
@@ -151,6 +159,7 @@ def segment_image(
             "sampler": the_sampler.to_config(),
             "fusion": fusion,
             "seed": seed,
+            "uncertainty": uncertainty,
         },
     )
 
