@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "logs, plot and torchrun/DDP work as in 'train'.")
     p.add_argument("--teacher", required=True, help="registered teacher name or bundle folder")
     p.add_argument("--student-config", required=True, help="YAML/JSON student training config")
+    p.add_argument("--unlabeled", metavar="DIR[,DIR...]", default=None,
+                   help="folders of images without masks (a dataset folder's images/ or a "
+                        "flat folder): added to the training set of a 'trajectory' student "
+                        "with the teacher's masks as their only target; images of validation "
+                        "groups or already among the labelled pairs are left out")
     from napari_lesion_diffkd.cli.train import add_run_options
 
     add_run_options(p)

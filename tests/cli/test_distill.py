@@ -170,3 +170,73 @@ def test_kd_method_needs_the_diffusion_objective(tiny_bundle: Path) -> None:
                                     "objective": "segmentation"})
     with pytest.raises(ValueError, match="needs objective 'diffusion'"):
         Distillation(config, teacher.schedule, torch.device("cpu"))
+
+
+# -- --unlabeled --------------------------------------------------------------------------------
+@pytest.fixture()
+def unlabelled_folder(tmp_path: Path, data_root: Path, ph2_subset: Path) -> Path:
+    """A flat folder: 5 PH2 images outside ph2_subset, plus a link to one of the subset's
+    validation images (which must be left out)."""
+    from napari_lesion_diffkd.core.data.datasets import group_split, scan_pairs
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    subset_ids = {p.stem for p in (ph2_subset / "images").iterdir()}
+    others = [r for r in scan_pairs(data_root / "ph2_dermoscopy") if r.id not in subset_ids][:5]
+    for r in others:
+        (folder / r.image_path.name).symlink_to(r.image_path)
+    _, val = group_split(scan_pairs(ph2_subset), 0.2, 0)
+    (folder / ("copy_" + val[0].image_path.name)).symlink_to(val[0].image_path)
+    return folder
+
+
+def test_unlabelled_images_get_teacher_targets_only(tiny_bundle: Path, ph2_subset: Path,
+                                                    unlabelled_folder: Path, tmp_path: Path,
+                                                    capsys) -> None:
+    from napari_lesion_diffkd.core.distillation.trajectory import CACHE_NAME
+
+    config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
+    config.update(max_steps=6, val_every=6, checkpoint_every=6, trajectory_gt_weight=0.5)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "semi"
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(tmp_path / "s.yaml"), "--data", str(ph2_subset), "--unlabeled",
+                 str(unlabelled_folder), "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    assert "adding 5 unlabelled images (1 left out" in capsys.readouterr().err
+    saved = json.loads((out / "config.json").read_text())
+    split = saved["provenance"]["split"]
+    assert split["n_unlabelled"] == 5
+    assert saved["provenance"]["unlabelled_data"] == [str(unlabelled_folder.resolve())]
+    cache = torch.load(out / CACHE_NAME, weights_only=True)
+    assert cache["targets"].shape[0] == split["n_train"] + 5  # teacher masks for all of them
+
+
+def test_unlabelled_images_are_refused_without_a_label_free_target(
+        tiny_bundle: Path, ph2_subset: Path, unlabelled_folder: Path, tmp_path: Path,
+        capsys) -> None:
+    config = yaml.safe_load((FIXTURES / "tiny_train.yaml").read_text())
+    config.update(role="student", prediction_target="epsilon", kd_method="efkd", max_steps=2)
+    (tmp_path / "efkd.yaml").write_text(yaml.safe_dump(config))
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(tmp_path / "efkd.yaml"), "--data", str(ph2_subset), "--unlabeled",
+                 str(unlabelled_folder), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2
+    assert "need the 'trajectory' objective" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_a_corrupt_unlabelled_image_is_named(tiny_bundle: Path, ph2_subset: Path,
+                                            unlabelled_folder: Path, tmp_path: Path,
+                                            capsys) -> None:
+    (unlabelled_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(FIXTURES / "tiny_student.yaml"), "--data", str(ph2_subset), "--unlabeled",
+                 str(unlabelled_folder), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2
+    assert "broken.png: not a readable image" in capsys.readouterr().err
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(FIXTURES / "tiny_student.yaml"), "--data", str(ph2_subset), "--unlabeled",
+                 str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2
+    assert "--unlabeled" in capsys.readouterr().err

@@ -42,13 +42,7 @@ def scan_pairs(folder: str | Path) -> list[PairRecord]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise FileNotFoundError(f"{folder}: expected 'images/' and 'masks/' subfolders")
-    groups: dict[str, str] = {}
-    meta = folder / "metadata.csv"
-    if meta.is_file():
-        with meta.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                if "id" in row:
-                    groups[row["id"]] = row.get("group") or row["id"]
+    groups = _read_groups(folder)
     records = []
     for image_path in sorted(images_dir.iterdir()):
         if image_path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -62,6 +56,74 @@ def scan_pairs(folder: str | Path) -> list[PairRecord]:
                        image_path, mask_path)
         )
     return records
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image without a label (e.g. for distillation on unlabelled images)."""
+
+    id: str
+    group: str
+    dataset: str
+    image_path: Path
+
+
+def _read_groups(folder: Path) -> dict[str, str]:
+    """``id -> group`` from ``folder/metadata.csv`` (empty when there is none)."""
+    groups: dict[str, str] = {}
+    meta = folder / "metadata.csv"
+    if meta.is_file():
+        with meta.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if "id" in row:
+                    groups[row["id"]] = row.get("group") or row["id"]
+    return groups
+
+
+def scan_images(folder: str | Path) -> list[ImageRecord]:
+    """List the images of a folder, sorted by id: ``folder/images/*`` if that subfolder
+    exists (a dataset folder, masks ignored), else the image files in ``folder`` itself.
+
+    Groups come from ``metadata.csv`` as in :func:`scan_pairs` (same ``dataset/group``
+    naming, so a dataset folder's images can be matched against a split's groups).
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no image files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    images_dir = folder / "images" if (folder / "images").is_dir() else folder
+    groups = _read_groups(folder)
+    records = [
+        ImageRecord(p.stem, f"{folder.name}/{groups.get(p.stem, p.stem)}", folder.name, p)
+        for p in sorted(images_dir.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not records:
+        raise FileNotFoundError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return records
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """An image as stored: (Y, X) gray or (Y, X, 3) RGB.
+
+    Raises:
+        ValueError: the file is not a readable image (names the file).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+
+
+def load_image_tensors(records: Sequence[ImageRecord], size: int, channels: int) -> torch.Tensor:
+    """Images only, at the model's input size: (N, channels, S, S) float32 in [-1, 1]."""
+    return torch.stack([prepare_image(read_image_file(r.image_path), size, channels)
+                        for r in records])
 
 
 def group_split(

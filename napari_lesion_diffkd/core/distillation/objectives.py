@@ -149,7 +149,8 @@ class Distillation:
         Args:
             network: the student (x0 prediction).
             images: (B, C, S, S) un-augmented training images of rows ``indices``.
-            masks: (B, 1, S, S) their labels in {-1, 1}.
+            masks: (B, 1, S, S) their labels in {-1, 1}; an all-zero row marks an unlabelled
+                image (teacher target only, no label term).
             indices: training-set index of each row (selects cached targets and seeds).
             generator: CPU generator (which noise per row, flips).
         """
@@ -179,7 +180,12 @@ class Distillation:
                          device=images.device)
         x0 = network(noise, top, images).float()
         loss, _ = efkd_loss(x0, target, edge, 1 - edge, c.efkd_lambda_edge, c.efkd_lambda_body)
-        if c.trajectory_gt_weight > 0:
+        labelled = masks.flatten(1).abs().amax(dim=1) > 0  # all-zero rows: unlabelled images
+        if c.trajectory_gt_weight > 0 and bool(labelled.any()):
             # x0 in [-1, 1] as a logit of scale 4 (the staged objective's x0 head convention).
-            loss = loss + c.trajectory_gt_weight * segmentation_loss(4 * x0, (masks + 1) / 2)
+            # Scaled by the labelled share of the batch, so a labelled image weighs the same
+            # however many unlabelled ones share its batch.
+            share = labelled.float().mean()
+            loss = loss + c.trajectory_gt_weight * share * segmentation_loss(
+                4 * x0[labelled], (masks[labelled] + 1) / 2)
         return loss

@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_lesion_diffkd.core.data.datasets import PairRecord, scan_pairs
+from napari_lesion_diffkd.core.data.datasets import (
+    ImageRecord,
+    PairRecord,
+    scan_images,
+    scan_pairs,
+)
 from napari_lesion_diffkd.core.jobs import JobEvent, run_to_completion
 from napari_lesion_diffkd.core.registry import resolve_device
 from napari_lesion_diffkd.core.training.config import TrainConfig
@@ -76,8 +81,18 @@ def train_from_cli(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    unlabelled: list[ImageRecord] = []
+    unlabelled_dirs = [d.strip() for d in (getattr(args, "unlabeled", None) or "").split(",")
+                       if d.strip()]
+    try:
+        for folder in unlabelled_dirs:
+            unlabelled += scan_images(folder)
+    except (OSError, ValueError) as exc:
+        print(f"error: --unlabeled: {exc}", file=sys.stderr)
+        return 2
     provenance: dict[str, Any] = {
         "data": [str(Path(d.strip()).resolve()) for d in args.data.split(",") if d.strip()],
+        "unlabelled_data": [str(Path(d).resolve()) for d in unlabelled_dirs],
         "command": "lesion-diffkd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if len(sys.argv) > 1 else None,
         "git_commit": git_commit(),
@@ -89,7 +104,7 @@ def train_from_cli(args: argparse.Namespace) -> int:
     try:
         result = run_to_completion(
             train(config, records, args.out, device=device, resume=args.resume,
-                  provenance=provenance),
+                  provenance=provenance, unlabelled=unlabelled),
             on_event=_ConsoleProgress() if info.is_main else None,
         )
     except (ValueError, FileNotFoundError) as exc:  # bad config/teacher/resume: a clear line

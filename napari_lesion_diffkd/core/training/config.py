@@ -48,6 +48,8 @@ class TrainConfig:
         leaf_lambda: weight of LEAF's feature alignment (seed 001 eq. 5; 0 disables);
             ``leaf_encoder`` is a SegUNet bundle folder (the frozen encoder) and
             ``leaf_feature_module`` the hooked submodule of the denoiser.
+        init_bundle: a bundle folder with the same network whose weights start the run
+            (fine-tuning); ignored when resuming, where the checkpoint's weights win.
         condition_bundle: a trained SegUNet bundle whose weights initialise (and freeze)
             a UniSegDiff network's condition network.
         teacher: a frozen teacher (registered name or bundle folder) for distillation.
@@ -110,6 +112,7 @@ class TrainConfig:
     leaf_encoder: str | None = None
     leaf_feature_module: str = "mid"
     condition_bundle: str | None = None
+    init_bundle: str | None = None
     teacher: str | None = None
     kd_method: str = "none"
     kd_weight: float = 1.0

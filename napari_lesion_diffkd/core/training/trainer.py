@@ -32,7 +32,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from napari_lesion_diffkd.core.bundle import save_bundle
-from napari_lesion_diffkd.core.data.datasets import PairRecord, group_split, load_tensors
+from napari_lesion_diffkd.core.data.datasets import (
+    ImageRecord,
+    PairRecord,
+    group_split,
+    load_image_tensors,
+    load_tensors,
+)
 from napari_lesion_diffkd.core.diffusion.schedules import NoiseSchedule
 from napari_lesion_diffkd.core.diffusion.targets import training_target
 from napari_lesion_diffkd.core.jobs import JobEvent
@@ -281,7 +287,40 @@ def _build(config: TrainConfig, device: torch.device) -> nn.Module:
         seg = load_bundle(config.condition_bundle)
         network.load_condition_state(seg.network.state_dict())
         network.freeze_condition()
+    if config.init_bundle:  # fine-tuning: start from a trained bundle's (fp16-stored) weights
+        from napari_lesion_diffkd.core.bundle import load_bundle
+
+        network.load_state_dict(load_bundle(config.init_bundle).network.state_dict())
     return network.to(device)
+
+
+def _unlabelled_tensors(
+    config: TrainConfig,
+    unlabelled: Sequence[ImageRecord],
+    train_recs: Sequence[PairRecord],
+    val_recs: Sequence[PairRecord],
+) -> Generator[JobEvent, None, torch.Tensor]:
+    """The unlabelled images a trajectory run may add: (U, C, S, S) float32 in [-1, 1].
+
+    Raises:
+        ValueError: the objective has no label-free target, or no image is left.
+    """
+    if config.objective != "trajectory":
+        raise ValueError(
+            f"unlabelled images need the 'trajectory' objective (the teacher's masks are "
+            f"their target); this config's objective is {config.objective!r}")
+    val_groups = {r.group for r in val_recs}
+    paired = {Path(r.image_path).resolve() for r in (*train_recs, *val_recs)}
+    kept = [u for u in unlabelled
+            if u.group not in val_groups and Path(u.image_path).resolve() not in paired]
+    dropped = len(unlabelled) - len(kept)
+    if not kept:
+        raise ValueError(f"all {len(unlabelled)} unlabelled images are validation-group or "
+                         "already labelled images: nothing to add")
+    yield JobEvent("log", message=f"adding {len(kept)} unlabelled images"
+                   + (f" ({dropped} left out: validation groups or labelled pairs)"
+                      if dropped else ""))
+    return load_image_tensors(kept, config.input_size, config.image_channels)
 
 
 def train(
@@ -291,6 +330,7 @@ def train(
     device: str | torch.device = "cpu",
     resume: bool = False,
     provenance: dict[str, Any] | None = None,
+    unlabelled: Sequence[ImageRecord] = (),
 ) -> Generator[JobEvent, None, dict[str, Any]]:
     """Train a network; yields events, returns a summary dict.
 
@@ -301,6 +341,10 @@ def train(
         device: torch device (under torchrun, CUDA ranks use their local GPU).
         resume: continue from ``out_dir/checkpoint.pt`` (error if absent).
         provenance: extra facts stored in the bundle (data folders, command line, ...).
+        unlabelled: images without labels, added to the training set of a ``trajectory``
+            run (the teacher's masks are their only target; their label rows are 0, which
+            the trajectory loss reads as "no label"). Images of a validation group, or that
+            are already training pairs, are left out.
     """
     out = Path(out_dir)
     info = ddp.current()
@@ -313,6 +357,10 @@ def train(
     yield JobEvent("log", message=f"loading {len(train_recs)} train / {len(val_recs)} val images")
     train_x, train_y = load_tensors(train_recs, config.input_size, config.image_channels)
     val_x, val_y = load_tensors(val_recs, config.input_size, config.image_channels)
+    if unlabelled:
+        extra = yield from _unlabelled_tensors(config, unlabelled, train_recs, val_recs)
+        train_x = torch.cat([train_x, extra])
+        train_y = torch.cat([train_y, torch.zeros(len(extra), *train_y.shape[1:])])
     train_x, train_y = train_x.to(device), train_y.to(device)
 
     torch.manual_seed(config.seed)
@@ -481,7 +529,8 @@ def train(
             "train_seconds": round(seconds, 1), "world_size": info.world_size,
             "split": {"method": "group", "val_fraction": config.val_fraction,
                       "seed": config.split_seed, "n_train": len(train_recs),
-                      "n_val": len(val_recs), "val_ids": [r.id for r in val_recs]},
+                      "n_val": len(val_recs), "val_ids": [r.id for r in val_recs],
+                      "n_unlabelled": len(train_x) - len(train_recs)},
         },
     }
     save_bundle(out, ema, schedule, bundle_config)
