@@ -19,7 +19,7 @@ from pathlib import Path
 
 from napari_lesion_diffkd.core.bundle import CONFIG_NAME, WEIGHTS_NAME, load_bundle
 from napari_lesion_diffkd.core.data.datasets import scan_pairs
-from napari_lesion_diffkd.core.evaluation import evaluate_bundle
+from napari_lesion_diffkd.core.evaluation import evaluate_bundle, gflops_per_image
 from napari_lesion_diffkd.core.jobs import run_to_completion
 
 LICENCES = {
@@ -66,6 +66,9 @@ def model_card(config: dict, evaluation: dict) -> str:
         f"| prediction target | {config['prediction_target']} |",
         f"| noise schedule | {config['schedule']['kind']}, T = {config['schedule']['num_timesteps']} |",
         f"| default sampler | {config['sampler'] if config.get('objective') != 'segmentation' else 'none (one forward pass)'} |",
+        f"| compute per image | {config['metrics']['gflops_per_image']:.2f} GFLOPs at "
+        f"{config['metrics']['eval_num_samples']} sample(s), working resolution |"
+        if "gflops_per_image" in config.get("metrics", {}) else None,
         f"| weights | fp16 safetensors, {WEIGHTS_NAME} |",
         f"| package version | {config['package_version']} (torch {config['torch_version']}) |",
         "",
@@ -137,7 +140,7 @@ def model_card(config: dict, evaluation: dict) -> str:
         "probabilities.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)
 
 
 def _augmentation_text(tc: dict) -> str:
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     m = evaluation["mean"]
     config["metrics"].update({"dice": m["dice"], "iou": m["iou"], "hd95_px": m["hd95"],
                               "n_val": evaluation["n"], "by_dataset": evaluation["by_dataset"],
-                              "eval_num_samples": k, "eval_fusion": "staple"})
+                              "eval_num_samples": k, "eval_fusion": "staple",
+                              "gflops_per_image": gflops_per_image(bundle, k)})
     config["provenance"]["out_dir"] = str(run)
     dest = Path(args.models_dir) / config["name"]
     dest.mkdir(parents=True, exist_ok=True)

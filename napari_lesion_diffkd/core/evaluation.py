@@ -68,3 +68,30 @@ def evaluate_bundle(
     return {"per_image": rows, "mean": mean, "median": median, "by_dataset": by_dataset,
             "seconds_per_image_median": float(np.median(times)) if times else float("nan"),
             "n": len(rows)}
+
+
+def gflops_per_image(bundle: ModelBundle, num_samples: int | None = None) -> float:
+    """GFLOPs of one segmentation of one image at the model's working resolution: the
+    default sampler drawing K samples (one forward pass for a plain segmentation network).
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode``: 2 x the multiply-accumulates
+    of convolutions and matrix products; element-wise operations are not counted. The input
+    is a zero image (the count does not depend on its content).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_lesion_diffkd.core.segmenter import build_bundle_sampler, sample_seeds
+
+    device = next(bundle.network.parameters()).device
+    image = torch.zeros(1, bundle.image_channels, bundle.input_size, bundle.input_size,
+                        device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        if bundle.config.get("objective") == "segmentation":
+            bundle.network(image)
+        else:
+            k = int(num_samples or bundle.config.get("sampler", {}).get("num_samples", 8))
+            sampler = build_bundle_sampler(bundle, None, None)
+            run_to_completion(sampler.sample(bundle.network, image, k, seeds=sample_seeds(0, k)))
+    return counter.get_total_flops() / 1e9
