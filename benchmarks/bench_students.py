@@ -10,7 +10,7 @@ must be the same set), side by side in one run, per image:
 
 1. time at the models' working resolution, both fed the same prepared input
    (``prepare_image(image, size, channels)[None]``), inside ``torch.inference_mode``:
-   (a) student: K samples + entropy uncertainty map + STAPLE consensus; (b) student, K = 1,
+   (a) student: K samples + uncertainty map (entropy of the mean soft probability) + STAPLE consensus; (b) student, K = 1,
    the first mask only (sampler + threshold); (c) teacher with its default sampler at the same
    K + uncertainty + STAPLE. Each chain runs once untimed first (warm-up). Reports medians, the
    ratio teacher / student of the medians and the median of the per-image ratios;
@@ -127,7 +127,7 @@ def validation_records(teacher, student, limit: int | None) -> list:
 
 # -- timed chains at the working resolution --------------------------------------------------------
 def ensemble_chain(bundle, sampler, cond: torch.Tensor, seeds: list[int]):
-    """K samples + entropy uncertainty map + STAPLE consensus at the model's resolution.
+    """K samples + soft-entropy uncertainty map + STAPLE consensus at the model's resolution.
 
     Args:
         cond: (1, C, S, S) float32 prepared image. ``seeds``: K per-sample seeds.
@@ -384,10 +384,10 @@ def report(results: list[dict[str, Any]], skipped: list[str], command: str,
         f"{datetime.date.today().isoformat()}). Validation images neither model trained on "
         "(the student's split, checked equal to the teacher's).",
         "",
-        "Seconds: median per image at the models' 128 px working resolution (same prepared "
-        "input for both, after one untimed warm-up), sampling + entropy uncertainty map + "
-        "STAPLE for K samples; K = 1 is one sampled mask, thresholded. Speed-up = ratio of the "
-        "median times (in brackets the median of the per-image ratios). GFLOPs: one sampler "
+        "Seconds: median per image at the models' working resolution (same prepared "
+        "input for both, after one untimed warm-up), sampling + uncertainty map (entropy of "
+        "the samples' mean soft probability) + STAPLE for K samples; K = 1 is one sampled "
+        "mask, thresholded. Speed-up = ratio of the median times (in brackets the median of the per-image ratios). GFLOPs: one sampler "
         "run of K samples on one image, 2 × the multiply-accumulates of convolutions and "
         "matrix products (`torch.utils.flop_counter`). Dice / HD95: STAPLE consensus at the "
         "original resolution, mean over images. Variance corr.: Pearson correlation of the "
