@@ -13,7 +13,8 @@ import sys
 
 from napari_lesion_diffkd import __version__
 
-SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo")
+SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo", "job",
+               "simulate_al")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,107 @@
+"""Consistency check and clean-up of a project folder.
+
+What can go wrong and how it shows up here:
+
+* a process killed between writing a file and committing its row leaves an *orphan* file
+  (harmless: nothing points at it);
+* a process killed inside ``atomic_write`` leaves a hidden ``.*.tmp`` file;
+* a file edited or deleted by hand shows as *damaged* / *missing* (a real problem);
+* SQLite itself is checked with ``PRAGMA integrity_check`` and ``foreign_key_check``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari_lesion_diffkd.core.store.files import sha256_file
+
+if TYPE_CHECKING:
+    from napari_lesion_diffkd.core.store.project import ProjectStore
+
+#: Folders whose every file must be referenced by a row.
+_INDEXED_DIRS = ("labels", "predictions")
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_store`; ``ok`` is True when nothing referenced is wrong
+    (orphans and temporary files do not count: they are leftovers, not damage)."""
+
+    integrity: list[str] = field(default_factory=list)
+    foreign_key_violations: list[tuple] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+    damaged_files: list[str] = field(default_factory=list)
+    orphan_files: list[Path] = field(default_factory=list)
+    temp_files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.integrity == ["ok"] and not self.foreign_key_violations
+                and not self.missing_files and not self.damaged_files)
+
+
+def referenced_files(store: ProjectStore) -> set[str]:
+    """Relative paths of every file a label or prediction row points at."""
+    conn = store.conn
+    refs = {r[0] for r in conn.execute("SELECT file FROM label_versions")}
+    for row in conn.execute("SELECT samples_file, probability_file, uncertainty_file, "
+                            "consensus_file FROM predictions"):
+        refs.update(v for v in row if v)
+    return refs
+
+
+def check_store(store: ProjectStore, verify_hashes: bool = True) -> CheckReport:
+    """Check the database and the files it indexes (see the module docstring)."""
+    conn = store.conn
+    report = CheckReport(
+        integrity=[r[0] for r in conn.execute("PRAGMA integrity_check")],
+        foreign_key_violations=[tuple(r) for r in conn.execute("PRAGMA foreign_key_check")],
+    )
+    for row in conn.execute("SELECT id, file, sha256 FROM label_versions ORDER BY id"):
+        path = store.root / row["file"]
+        if not path.is_file():
+            report.missing_files.append(row["file"])
+        elif verify_hashes and sha256_file(path) != row["sha256"]:
+            report.damaged_files.append(row["file"])
+    refs = referenced_files(store)
+    for rel in sorted(refs):
+        if not (store.root / rel).is_file() and rel not in report.missing_files:
+            report.missing_files.append(rel)
+    for top in _INDEXED_DIRS:
+        for path in sorted((store.root / top).rglob("*")):
+            if not path.is_file():
+                continue
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                report.temp_files.append(path)
+            elif path.relative_to(store.root).as_posix() not in refs:
+                report.orphan_files.append(path)
+    return report
+
+
+def cleanup_store(store: ProjectStore, min_age_s: float = 3600.0) -> list[Path]:
+    """Delete orphan and temporary files older than ``min_age_s`` seconds; returns them.
+
+    The age guard matters: another process may have written a file a moment ago and be
+    about to commit its row, so a fresh unreferenced file is not yet an orphan.
+    """
+    report = check_store(store, verify_hashes=False)
+    cutoff = time.time() - min_age_s
+    removed = []
+    for path in report.orphan_files + report.temp_files:
+        try:
+            if path.stat().st_mtime <= cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            continue
+    for top in _INDEXED_DIRS:  # drop old empty folders (deepest first), same age guard
+        for folder in sorted((store.root / top).rglob("*"), reverse=True):
+            try:
+                if folder.is_dir() and folder.stat().st_mtime <= cutoff:
+                    folder.rmdir()  # fails (ignored) unless empty
+            except OSError:
+                continue
+    return removed

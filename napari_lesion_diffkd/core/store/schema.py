@@ -1,0 +1,199 @@
+"""The project database: connection settings, tables and the ordered list of migrations.
+
+Connection settings (:func:`connect`)
+    * ``journal_mode=WAL``: readers never block the writer and a killed writer leaves the
+      database at its last commit (the WAL is replayed or ignored on the next open).
+    * ``synchronous=FULL``: a commit is on disk when it returns, so a saved human label
+      survives a power cut too (costs one fsync per commit, ~3 ms here).
+    * ``busy_timeout``: a writer waits for the lock instead of failing at once; with WAL
+      and ``BEGIN IMMEDIATE`` for every write this makes concurrent processes safe.
+    * ``foreign_keys=ON``: a label or prediction always points at an existing image.
+    * autocommit mode (``isolation_level=None``): transactions are explicit, see
+      :meth:`ProjectStore.write`.
+
+The database must live on a local disk: SQLite's WAL needs shared memory between the
+processes, which network file systems do not provide.
+
+Migrations
+    ``MIGRATIONS[i]`` turns schema version ``i`` into ``i + 1``; each runs in one
+    ``BEGIN IMMEDIATE`` transaction together with its ``schema_version`` row, so a crash
+    mid-migration leaves the previous version intact. Version 1 was the first release
+    (images and label versions only); version 2 added models, predictions, jobs and device
+    claims. Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from napari_lesion_diffkd.core.store.errors import StoreError
+
+DB_NAME = "project.sqlite"
+BUSY_TIMEOUT_MS = 30_000
+
+LABEL_KINDS = ("human", "model", "pseudo", "sam-assisted")
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+_V1 = [
+    """CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,          -- the dataset id (file stem)
+        path TEXT NOT NULL,                 -- absolute, or relative to the project folder
+        modality TEXT,
+        sha256 TEXT NOT NULL,               -- of the file's bytes (sorted files for a folder)
+        shape TEXT NOT NULL,                -- JSON: spatial shape, (Y, X) or (Z, Y, X)
+        channels INTEGER NOT NULL DEFAULT 1,
+        spacing TEXT NOT NULL,              -- JSON: mm per spatial axis, same order as shape
+        grp TEXT,                           -- patient / case, for group-aware splits
+        added_at TEXT NOT NULL
+    )""",
+    f"""CREATE TABLE label_versions (
+        id INTEGER PRIMARY KEY,             -- increases with every save: newest = largest
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+        kind TEXT NOT NULL CHECK (kind IN {LABEL_KINDS!r}),
+        model_name TEXT,
+        model_version TEXT,
+        parent_id INTEGER REFERENCES label_versions(id) ON DELETE RESTRICT,
+        author TEXT,
+        created_at TEXT NOT NULL,
+        file TEXT NOT NULL UNIQUE,          -- relative to the project folder, never rewritten
+        sha256 TEXT NOT NULL,
+        note TEXT
+    )""",
+    "CREATE INDEX label_versions_image ON label_versions(image_id, kind, id)",
+]
+
+_V2 = [
+    """CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,           -- 1, 2, ... per name
+        path TEXT NOT NULL,                 -- bundle folder (absolute or project-relative)
+        role TEXT,
+        job_id INTEGER,
+        metrics TEXT NOT NULL DEFAULT '{}', -- JSON
+        created_at TEXT NOT NULL,
+        UNIQUE (name, version)
+    )""",
+    """CREATE TABLE predictions (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        settings TEXT NOT NULL,             -- JSON, SegmentationResult.settings
+        settings_key TEXT NOT NULL,         -- canonical JSON of model + settings, for reuse
+        folder TEXT NOT NULL UNIQUE,        -- relative folder holding the files below
+        samples_file TEXT,                  -- (K, Y, X) uint8 {0, 1} .npy
+        probability_file TEXT,              -- (Y, X) float32 .npy
+        uncertainty_file TEXT,              -- (Y, X) float32 .npy
+        consensus_file TEXT,                -- (Y, X) PNG {0, 1}
+        scores TEXT NOT NULL DEFAULT '{}',  -- JSON, per-image scores
+        job_id INTEGER,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX predictions_image ON predictions(image_id, settings_key, id)",
+    f"""CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        config TEXT NOT NULL,               -- JSON
+        status TEXT NOT NULL CHECK (status IN {JOB_STATUSES!r}),
+        heavy INTEGER NOT NULL DEFAULT 1,   -- needs the compute device exclusively
+        device TEXT,                        -- claimed device, e.g. 'cpu', 'cuda:0'
+        progress REAL NOT NULL DEFAULT 0,   -- [0, 1]
+        step INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        log TEXT NOT NULL DEFAULT '',       -- the last 64 KiB of event lines
+        pid INTEGER,
+        pid_token TEXT,                     -- process start time, guards against pid reuse
+        host TEXT,
+        checkpoints TEXT NOT NULL DEFAULT '[]',  -- JSON list of {{step, path}}
+        result TEXT,                        -- JSON
+        error TEXT,
+        resumable INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        updated_at TEXT,
+        finished_at TEXT
+    )""",
+    "CREATE INDEX jobs_status ON jobs(status, id)",
+    """CREATE TABLE device_claims (
+        device TEXT PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        claimed_at TEXT NOT NULL
+    )""",
+]
+
+#: ``MIGRATIONS[i]``: the statements that take the schema from version ``i`` to ``i + 1``.
+MIGRATIONS: list[list[str]] = [_V1, _V2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now() -> str:
+    """UTC time as ISO 8601 with milliseconds (sortable as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def connect(db_path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database with the settings of the module docstring."""
+    try:
+        conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{db_path}: cannot open the project database ({exc})") from exc
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise StoreError(f"{db_path}: the file system does not support SQLite WAL mode "
+                         "(put the project on a local disk)")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's schema version (0 for a new, empty database)."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not has_table:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the pending migrations up to ``target`` in order; returns the final version.
+
+    Raises:
+        StoreError: the database is newer than this package (written by a later release).
+    """
+    if target > SCHEMA_VERSION:
+        raise ValueError(f"target version {target} > latest {SCHEMA_VERSION}")
+    while True:
+        conn.execute("BEGIN IMMEDIATE")  # re-read under the lock: another process may migrate
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                         "version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            current = schema_version(conn)
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the project database has schema version {current}, newer than this "
+                    f"package supports ({SCHEMA_VERSION}): update napari-lesion-diffkd")
+            if current >= target:
+                conn.execute("COMMIT")
+                return current
+            for statement in MIGRATIONS[current]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                         (current + 1, now()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
