@@ -181,6 +181,8 @@ def load_tensors(
     Returns:
         images (N, channels, S, S) float32 in [-1, 1]; masks (N, 1, S, S) float32 in {-1, 1}.
     """
+    if not records:  # e.g. a run without a validation split
+        return torch.zeros(0, channels, size, size), torch.zeros(0, 1, size, size)
     images, masks = [], []
     for r in records:
         image, mask = read_pair(r)
