@@ -13,8 +13,8 @@ import sys
 
 from napari_lesion_diffkd import __version__
 
-SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo", "job",
-               "simulate_al")
+SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo", "job", "sam_finetune",
+               "simulate_al", "loop")
 
 
 def build_parser() -> argparse.ArgumentParser:
