@@ -19,7 +19,8 @@ Migrations
     ``BEGIN IMMEDIATE`` transaction together with its ``schema_version`` row, so a crash
     mid-migration leaves the previous version intact. Version 1 was the first release
     (images and label versions only); version 2 added models, predictions, jobs and device
-    claims. Never edit a released migration: append a new one.
+    claims; version 3 added the active-learning loop's rounds and annotation queue. Never
+    edit a released migration: append a new one.
 """
 
 from __future__ import annotations
@@ -128,8 +129,27 @@ _V2 = [
     )""",
 ]
 
+_V3 = [  # the active-learning loop (core/active_learning/loop.py)
+    """CREATE TABLE loop_rounds (
+        round INTEGER PRIMARY KEY,          -- 1, 2, ... in the order the rounds first ran
+        job_id INTEGER NOT NULL UNIQUE REFERENCES jobs(id) ON DELETE RESTRICT,
+        strategy TEXT NOT NULL,
+        steps TEXT NOT NULL DEFAULT '{}',   -- JSON: finished step -> what it produced
+        created_at TEXT NOT NULL,
+        finished_at TEXT                    -- set when the queue is stored
+    )""",
+    """CREATE TABLE annotation_queue (
+        round INTEGER NOT NULL REFERENCES loop_rounds(round) ON DELETE RESTRICT,
+        position INTEGER NOT NULL,          -- 0 = annotate first
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+        score REAL,                         -- the per-image score the order was built from
+        PRIMARY KEY (round, position),
+        UNIQUE (round, image_id)
+    )""",
+]
+
 #: ``MIGRATIONS[i]``: the statements that take the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

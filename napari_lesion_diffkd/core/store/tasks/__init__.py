@@ -21,6 +21,9 @@ type                      config keys (JSON object)
                           (never for an image that has a human label)
 ``score``                 as ``predict``; the result ranks the images by ``score_key``
                           (default ``sample_disagreement``), most uncertain first
+``loop-round``            one round of the active-learning loop: fine-tune the teacher,
+                          pseudo-label, distil the student, score, re-rank the annotation
+                          queue (keys: ``core/active_learning/loop.py``)
 ========================  ==============================================================
 
 Every type also takes ``device`` (``auto`` default, ``cpu``, ``cuda``, ``cuda:1``, ``mps``)
@@ -66,6 +69,12 @@ def _predict(ctx: TaskContext) -> TaskResult:
     return run_predict(ctx)
 
 
+def _loop_round(ctx: TaskContext) -> TaskResult:
+    from napari_lesion_diffkd.core.active_learning.loop import run_loop_round
+
+    return run_loop_round(ctx)
+
+
 #: Job type -> function(ctx) returning the job's generator.
 TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "train": _train,
@@ -73,6 +82,7 @@ TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "predict": _predict,
     "pseudo-label": _predict,
     "score": _predict,
+    "loop-round": _loop_round,
 }
 
 
