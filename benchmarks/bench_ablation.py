@@ -50,6 +50,7 @@ from bench_students import (  # noqa: E402
     _median,
     _sampler_label,
     count_gflops,
+    evenly_spaced,
     ensemble_chain,
     machine_name,
     score_result,
@@ -71,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--labels", nargs="+", default=None,
                         help="one row label per model (default: the five default rows)")
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--images", type=int, default=None, help="first N validation images")
+    parser.add_argument("--images", type=int, default=None,
+                        help="N validation images spread evenly over the split")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -96,7 +98,7 @@ def shared_records(bundles: list, limit: int | None) -> list:
             raise SystemExit(f"{b.name} was validated on other images than {bundles[0].name}: "
                              "the rows would not be comparable")
     records = [r for d in first["data"] for r in scan_pairs(d) if r.id in val_ids]
-    return records[:limit] if limit else records
+    return evenly_spaced(records, limit)
 
 
 def bench(bundles: list, labels: list[str], records: list, k: int) -> list[dict[str, Any]]:

@@ -72,7 +72,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--modalities", nargs="+", default=["dermoscopy", "ultrasound", "ct"])
     parser.add_argument("--k", type=int, default=8, help="samples per image (default 8)")
     parser.add_argument("--images", type=int, default=None,
-                        help="first N validation images (default: all)")
+                        help="N validation images spread evenly over the split, so that "
+                             "every dataset of a multi-dataset split is represented "
+                             "(default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave docs/benchmarks.md as it is")
@@ -103,6 +105,13 @@ def load_models(modality: str, args: argparse.Namespace):
     return teacher, student
 
 
+def evenly_spaced(records: list, limit: int | None) -> list:
+    """``limit`` records at evenly spaced positions (all when ``limit`` is None or larger)."""
+    if not limit or limit >= len(records):
+        return list(records)
+    return [records[int(i * len(records) / limit)] for i in range(limit)]
+
+
 def validation_records(teacher, student, limit: int | None) -> list:
     """The student's validation pairs (its provenance's data folders and val ids), first
     ``limit``. Raises SystemExit when the teacher's validation ids are a different set."""
@@ -122,7 +131,7 @@ def validation_records(teacher, student, limit: int | None) -> list:
     if missing:
         print(f"warning: {missing} validation ids of {student.name} not found in "
               f"{prov['data']}", file=sys.stderr)
-    return records[:limit] if limit else records
+    return evenly_spaced(records, limit)
 
 
 # -- timed chains at the working resolution --------------------------------------------------------
