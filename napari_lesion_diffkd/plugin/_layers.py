@@ -1,23 +1,78 @@
-"""Segmentation results -> napari layer data tuples (no Qt; pure data and kwargs).
+"""Segmentation results -> napari layer data (no Qt; pure data, kwargs and metadata).
 
-Layer names are ``<image> samples`` (labels, (K, Y, X)), ``<image> uncertainty`` (image, (Y, X)
-in [0, 1], magma colormap) and ``<image> consensus`` (labels, (Y, X), editable). For a slice of a
-volume each map gets a singleton Z axis placed on that slice through ``translate``.
+Result layers of an image layer called ``<image>``:
+
+* ``<image> samples``: labels, (K, Y, X) or (K, Z, Y, X) uint8 {0, 1}, hidden by default;
+* ``<image> uncertainty``: image, (Y, X) or (Z, Y, X) float32 in [0, 1], magma colormap;
+* ``<image> consensus``: labels, (Y, X) or (Z, Y, X) uint8 {0, 1}, editable.
+
+The Compare widget names its layers ``<image> [<model>] uncertainty`` etc. Every model layer
+carries ``metadata["lesion_diffkd"]`` (:func:`model_meta`): the widgets find and replace
+*their own* layers through it, never a user's layer that merely has the same name. Its
+``clean`` digest is the content the layer had when a model or the store last wrote it, so
+"the user edited this" is ``digest(data) != clean`` (:func:`is_dirty`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+META_KEY = "lesion_diffkd"
 SUFFIXES = {"samples": " samples", "uncertainty": " uncertainty", "consensus": " consensus"}
+ROLES = tuple(SUFFIXES)
 
 
-def layer_names(image_name: str) -> dict[str, str]:
-    """The three result layer names for an image layer name."""
-    return {kind: image_name + suffix for kind, suffix in SUFFIXES.items()}
+def layer_names(image_name: str, model: str | None = None) -> dict[str, str]:
+    """The three result layer names for an image layer name (``model`` for Compare)."""
+    base = image_name if model is None else f"{image_name} [{model}]"
+    return {role: base + suffix for role, suffix in SUFFIXES.items()}
+
+
+def digest(data: Any) -> str:
+    """Content digest of an array (shape, dtype and bytes): 16 bytes of BLAKE2b, as hex."""
+    arr = np.ascontiguousarray(np.asarray(data))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.shape}{arr.dtype}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def model_meta(role: str, image: str, group: str = "segment", model: str | None = None,
+               clean: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The ``metadata`` dict of a layer this plugin manages.
+
+    Args:
+        role: ``samples`` | ``uncertainty`` | ``consensus`` (model outputs), ``label``
+            (the project's label of the image), ``view`` (Compare's per-model image view),
+            ``proposal`` / ``prompts`` (the correction panel's candidate and clicks).
+        image: name of the source image layer.
+        group: ``segment`` (Segment widget and cached predictions), ``compare`` (one set
+            per model), ``project`` (labels), ``correction``.
+        model: the model label that produced it, if any.
+        clean: digest of the content last written by a model or the store.
+        extra: anything else worth keeping (settings, STAPLE values, label version id).
+    """
+    return {META_KEY: {"role": role, "image": image, "group": group, "model": model,
+                       "clean": clean, **extra}}
+
+
+def managed(layer: Any) -> dict[str, Any] | None:
+    """The plugin's marker of a layer, or None for a user's own layer."""
+    meta = getattr(layer, "metadata", None) or {}
+    marker = meta.get(META_KEY)
+    return marker if isinstance(marker, dict) else None
+
+
+def is_dirty(layer: Any) -> bool:
+    """True when a managed labels layer differs from what a model or the store last wrote."""
+    marker = managed(layer)
+    if marker is None:
+        return False
+    return digest(layer.data) != marker.get("clean")
 
 
 def result_layer_tuples(
@@ -25,33 +80,47 @@ def result_layer_tuples(
     image_name: str,
     scale: Sequence[float] = (1.0, 1.0),
     translate: Sequence[float] = (0.0, 0.0),
+    model: str | None = None,
+    group: str = "segment",
 ) -> list[tuple[np.ndarray, dict[str, Any], str]]:
-    """Layer tuples for one :class:`core.segmenter.SegmentationResult`.
+    """Layer tuples ``(data, kwargs, kind)`` for a result whose maps are already in the
+    image layer's data frame.
 
     Args:
-        result: the segmentation result (maps in the image's (Y, X) frame).
+        result: :class:`core.segmenter.SegmentationResult` ((Y, X) maps) or
+            :class:`plugin._segment_job.VolumeResult` ((Z, Y, X) maps).
         image_name: name of the source image layer.
-        scale, translate: world transform of the source image, (Y, X) for a 2D image or
-            (Z, Y, X) for a slice of a volume, with the Z translate already at that slice.
+        scale, translate: the image layer's world transform over its spatial axes,
+            (Y, X) or (Z, Y, X).
+        model: model label for per-model names (Compare); None for the Segment widget.
+        group: the marker's group (see :func:`model_meta`).
     """
-    names = layer_names(image_name)
+    names = layer_names(image_name, model if group == "compare" else None)
     scale, translate = [float(v) for v in scale], [float(v) for v in translate]
-    samples = result.samples.astype(np.uint8)
-    uncertainty, consensus = result.uncertainty, result.consensus.astype(np.uint8)
-    if len(scale) == 3:
-        # A slice of a volume: a singleton Z axis placed at that slice, so the maps show on
-        # their own slice only (a 2D layer would be broadcast over every slice).
-        samples, uncertainty, consensus = samples[:, None], uncertainty[None], consensus[None]
-    meta = {"settings": result.settings, "scores": result.scores,
-            "sensitivity": None if result.sensitivity is None else result.sensitivity.tolist(),
-            "specificity": None if result.specificity is None else result.specificity.tolist()}
+    samples = np.asarray(result.samples).astype(np.uint8)
+    uncertainty = np.asarray(result.uncertainty, dtype=np.float32)
+    consensus = np.asarray(result.consensus).astype(np.uint8)
+    label = model or result.settings.get("model")
+    extra = {"settings": result.settings, "scores": result.scores,
+             "sensitivity": _listed(result.sensitivity),
+             "specificity": _listed(result.specificity)}
+
+    def meta(role: str, data: np.ndarray | None = None) -> dict[str, Any]:
+        clean = None if data is None else digest(data)
+        return model_meta(role, image_name, group, label, clean, **extra)
+
     return [
         (samples, {"name": names["samples"], "scale": [1.0, *scale],
-         "translate": [0.0, *translate], "opacity": 0.5, "visible": False,
-         "metadata": meta}, "labels"),
-        (uncertainty, {"name": names["uncertainty"], "scale": scale,
-         "translate": translate, "colormap": "magma", "contrast_limits": (0.0, 1.0),
-         "blending": "additive", "opacity": 0.7, "metadata": meta}, "image"),
-        (consensus, {"name": names["consensus"], "scale": scale,
-         "translate": translate, "opacity": 0.5, "metadata": meta}, "labels"),
+                   "translate": [0.0, *translate], "opacity": 0.5, "visible": False,
+                   "metadata": meta("samples")}, "labels"),
+        (uncertainty, {"name": names["uncertainty"], "scale": scale, "translate": translate,
+                       "colormap": "magma", "contrast_limits": (0.0, 1.0),
+                       "blending": "additive", "opacity": 0.7,
+                       "metadata": meta("uncertainty")}, "image"),
+        (consensus, {"name": names["consensus"], "scale": scale, "translate": translate,
+                     "opacity": 0.5, "metadata": meta("consensus", consensus)}, "labels"),
     ]
+
+
+def _listed(values: Any) -> Any:
+    return None if values is None else np.asarray(values).tolist()

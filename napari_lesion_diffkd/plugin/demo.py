@@ -27,6 +27,9 @@ def open_demo_viewer(path: str | None, model: str, show: bool = True):
     """Create the viewer, open the image, dock the widget; returns (viewer, widget)."""
     import napari
 
+    # The demo may block while torch loads (a script, not a docked plugin): the model
+    # picker then fills at once instead of in a worker thread.
+    import napari_lesion_diffkd.core.registry  # noqa: F401
     from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
 
     viewer = napari.Viewer(title="napari-lesion-diffkd demo", show=show)
@@ -45,9 +48,9 @@ def open_demo_viewer(path: str | None, model: str, show: bool = True):
     viewer.window.add_dock_widget(widget, name="Lesion segmentation", area="right")
     images = [layer.name for layer in viewer.layers if layer.__class__.__name__ == "Image"]
     if images:
-        widget.image_combo.setCurrentText(images[0])
-    if model and widget.model_combo.findText(model) >= 0:
-        widget.model_combo.setCurrentText(model)
+        widget.select_image(images[0])
+    if model:
+        widget.select_model(model)
     return viewer, widget
 
 

@@ -27,8 +27,16 @@ def test_plugin_is_discovered_by_npe2() -> None:
     pm.discover()
     manifest = pm.get_manifest("napari-lesion-diffkd")
     commands = {c.id for c in manifest.contributions.commands}
-    assert "napari-lesion-diffkd.make_segment_widget" in commands
     assert "napari-lesion-diffkd.get_reader" in commands
+    widgets = {w.command: w.display_name for w in manifest.contributions.widgets}
+    assert widgets == {
+        "napari-lesion-diffkd.make_segment_widget": "Lesion segmentation",
+        "napari-lesion-diffkd.make_project_widget": "Annotation project",
+        "napari-lesion-diffkd.make_jobs_widget": "Jobs",
+        "napari-lesion-diffkd.make_compare_widget": "Compare teacher / student",
+        "napari-lesion-diffkd.make_correction_widget": "Correct segmentation",
+    }
+    assert widgets.keys() <= commands
 
 
 @pytest.mark.parametrize("name", ["dermoscopy", "ultrasound", "ct"])
@@ -43,3 +51,12 @@ def test_sample_data_phantoms_are_lesion_images(name: str) -> None:
     assert abs(float(gray[mask > 0].mean()) - float(gray[mask == 0].mean())) > 20
     if name == "ct":
         assert image.dtype == np.float32 and image.min() < -800  # Hounsfield units
+
+
+@pytest.mark.gui
+def test_every_widget_docks_through_napari(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    for name in ("Lesion segmentation", "Annotation project", "Jobs",
+                 "Compare teacher / student", "Correct segmentation"):
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-lesion-diffkd", name)
+        assert widget.__class__.__name__.endswith("Widget") and dock.widget() is not None

@@ -1,4 +1,5 @@
-"""The "Lesion segmentation" dock widget: run, re-run, cancel, bad input (under Xvfb)."""
+"""The "Lesion segmentation" dock widget on real images with the shipped models: picker,
+presets, run / re-run / cancel, STAPLE table, slices and volumes, errors (under Xvfb)."""
 
 from __future__ import annotations
 
@@ -6,102 +7,161 @@ import numpy as np
 import pytest
 from skimage.io import imread
 
+from tests.plugin.conftest import STUDENT, TEACHER, wait_idle, wait_ready
+
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def widget(make_napari_viewer, tiny_bundle, monkeypatch, ph2_pairs):
-    monkeypatch.setenv("NAPARI_LESION_DIFFKD_MODELS", str(tiny_bundle.parent))
+def widget(viewer, ph2_image, qtbot):
     from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
 
-    viewer = make_napari_viewer()
-    viewer.add_image(imread(ph2_pairs[0][0]), name="lesion", rgb=True)
+    viewer.add_image(ph2_image, name="lesion", rgb=True)
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.model_combo.setCurrentText("tiny-dermoscopy")
+    wait_ready(qtbot, w.picker)
     return w
 
 
-def _wait_idle(qtbot, w, timeout=60_000) -> None:
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+def test_picker_lists_modality_models_with_role_params_and_devices(widget) -> None:
+    import torch
 
-
-def test_widget_lists_images_and_models(widget) -> None:
     assert widget.image_combo.currentText() == "lesion"
-    models = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
-    assert models[0] == "dermoscopy-teacher" and "tiny-dermoscopy" in models
-    assert "params" in widget.model_info.text()
+    # An RGB image is dermoscopy: its preset shows dermoscopy models, the student first.
+    assert set(widget.picker.labels()) == {STUDENT, TEACHER, "dermoscopy-unet"}
+    assert widget.model_combo.currentText() == STUDENT
+    assert "student" in widget.model_info.text() and "0.28M params" in widget.model_info.text()
+    devices = widget.device_combo.model()
+    enabled = {devices.item(i).text(): devices.item(i).isEnabled() for i in range(4)}
+    assert enabled["auto"] and enabled["cpu"] and enabled["cuda"] == torch.cuda.is_available()
+    widget.picker.all_check.setChecked(True)
+    assert {"ultrasound-teacher", "ct-unet"} <= set(widget.picker.labels())
+    # A one-step student has no step count; a DDIM teacher has.
+    assert not widget.steps_spin.isEnabled()
+    assert widget.select_model(TEACHER) and widget.steps_spin.isEnabled()
+    assert widget.select_model("dermoscopy-unet") and not widget.samples_spin.isEnabled()
 
 
-def test_run_adds_samples_uncertainty_and_editable_consensus(widget, qtbot) -> None:
+def test_run_rerun_replaces_only_model_layers(widget, qtbot) -> None:
     viewer = widget.viewer
-    widget.samples_spin.setValue(3)
+    h, w = viewer.layers["lesion"].data.shape[:2]
+    # A user's own layer that happens to carry a result layer's name is never touched.
+    mine = viewer.add_labels(np.zeros((h, w), np.uint8), name="lesion consensus")
+    widget.samples_spin.setValue(4)
     widget.run()
     assert widget.worker is not None and widget.cancel_button.isEnabled()
-    _wait_idle(qtbot, widget)
-    h, w = viewer.layers["lesion"].data.shape[:2]
-    assert viewer.layers["lesion samples"].data.shape == (3, h, w)
-    assert viewer.layers["lesion uncertainty"].data.shape == (h, w)
-    consensus = viewer.layers["lesion consensus"]
-    assert consensus.__class__.__name__ == "Labels" and consensus.editable
-    assert set(np.unique(consensus.data)) <= {0, 1}
-    assert "STAPLE sensitivity" in widget.status.text()
-    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    wait_idle(qtbot, widget)
+    layers = widget.last_layers
+    assert layers["samples"].data.shape == (4, h, w) and not layers["samples"].visible
+    assert layers["uncertainty"].colormap.name == "magma"
+    assert layers["uncertainty"].data.shape == (h, w)
+    consensus = layers["consensus"]
+    assert consensus is not mine and consensus.editable
+    assert set(np.unique(consensus.data)) <= {0, 1} and consensus.data.mean() > 0.05
+    assert len(widget.staple_table.values()) == 4
+    assert all(0.8 < s <= 1 and 0.8 < p <= 1 for s, p in widget.staple_table.values())
+    assert "done in" in widget.status.text()
 
-    # Re-running updates the result layers in place and leaves user layers alone.
-    viewer.add_labels(np.zeros((h, w), np.uint8), name="my labels")
     n_layers = len(viewer.layers)
+    widget.select_model(TEACHER)
     widget.samples_spin.setValue(2)
+    widget.steps_spin.setValue(2)
     widget.run()
-    _wait_idle(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert len(viewer.layers) == n_layers
-    assert viewer.layers["lesion samples"].data.shape == (2, h, w)
-    assert not viewer.layers["my labels"].data.any()
+    assert widget.last_layers["consensus"] is consensus  # updated in place
+    assert consensus.data.shape == (h, w) and layers["samples"].data.shape == (2, h, w)
+    assert widget.last_result.settings["sampler"]["num_steps"] == 2
+    assert not mine.data.any()
 
 
-def test_cancel_stops_between_steps_and_changes_no_layer(widget, qtbot, monkeypatch) -> None:
-    viewer = widget.viewer
-    n_layers = len(viewer.layers)
+def test_cancel_closes_the_generator_and_changes_no_layer(widget, qtbot, monkeypatch) -> None:
     from napari_lesion_diffkd.core import segmenter
 
-    original = segmenter.build_bundle_sampler
-    monkeypatch.setattr(  # the slowest sampler: one network call per timestep
-        segmenter, "build_bundle_sampler", lambda b, s, n: original(b, "ddpm", None)
-    )
+    closed = []
+    original = segmenter.segment_image
+
+    def slow(bundle, image, **kwargs):  # the teacher with DDPM: 250 network calls
+        gen = original(bundle, image, **{**kwargs, "sampler": "ddpm", "num_steps": None})
+        try:
+            return (yield from gen)
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(segmenter, "segment_image", slow)
+    viewer = widget.viewer
+    n_layers = len(viewer.layers)
+    widget.select_model(TEACHER)
+    widget.samples_spin.setValue(2)
     widget.run()
-    qtbot.waitUntil(lambda: widget.progress.maximum() == 50, timeout=30_000)
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=30_000)
     widget.cancel()
-    _wait_idle(qtbot, widget)
-    assert "cancelled" in widget.status.text()
-    assert len(viewer.layers) == n_layers
+    wait_idle(qtbot, widget)
+    assert "cancelled" in widget.status.text() and closed == [True]
+    assert widget.progress.maximum() == 1 and len(viewer.layers) == n_layers
     assert widget.run_button.isEnabled()
 
 
-def test_no_image_layer_is_reported_not_raised(make_napari_viewer) -> None:
-    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
-
-    w = SegmentWidget(make_napari_viewer())
-    w.run()
-    assert "select an image layer" in w.status.text() and w.worker is None
-
-
-def test_errors_in_the_worker_are_shown(widget, qtbot) -> None:
-    widget.model_combo.addItem("missing-model")
-    widget.model_combo.setCurrentText("missing-model")
+def test_errors_are_shown_not_raised(widget, qtbot, bundle_copy, tmp_path) -> None:
+    widget.viewer.layers.remove("lesion")
     widget.run()
-    _wait_idle(qtbot, widget)
-    assert "unknown model 'missing-model'" in widget.status.text()
+    assert "select an image layer" in widget.status.text() and widget.worker is None
+    widget.viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="lesion", rgb=True)
+
+    (tmp_path / "not-a-bundle").mkdir()
+    with pytest.raises(Exception, match="not a model bundle"):
+        widget.picker.add_folder(str(tmp_path / "not-a-bundle"))
+    entry = widget.picker.add_folder(str(bundle_copy))  # "Add checkpoint..."
+    assert widget.model_combo.currentText() == "my-student" and entry.source == "folder"
+    # A device the machine lacks is refused in the worker with a message.
+    widget.device_combo.setCurrentText("mps")
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert "error: device 'mps' requested" in widget.status.text()
 
 
-def test_volume_segments_the_current_slice(widget, qtbot, ct_pairs) -> None:
+def test_volume_slice_and_whole_volume(widget, qtbot, ct_pairs) -> None:
     viewer = widget.viewer
     volume = np.stack([imread(p) for p, _ in ct_pairs[:3]])
-    viewer.add_image(volume, name="ct", scale=(2.5, 0.7, 0.7))
-    viewer.dims.set_current_step(0, 2)
-    widget.image_combo.setCurrentText("ct")
-    widget.samples_spin.setValue(2)
+    layer = viewer.add_image(volume, name="ct", metadata={"modality": "CT",
+                                                         "spacing": (2.5, 0.7, 0.7)})
+    widget.select_image("ct")
+    # The CT preset: spacing as layer scale, the CT model, no window for 8-bit PNG data.
+    assert tuple(layer.scale) == pytest.approx((2.5, 0.7, 0.7))
+    assert widget.model_combo.currentText() == "ct-unet"
+    assert not widget.form.window_combo.isVisible()
+    assert [widget.scope_combo.itemText(i) for i in range(2)] == ["current slice",
+                                                                "whole volume"]
+    viewer.dims.set_point(0, 2 * 2.5)  # the third slice, in world units
     widget.run()
-    _wait_idle(qtbot, widget)
-    consensus = viewer.layers["ct consensus"]
-    assert consensus.data.shape == (1, *volume.shape[1:])
-    assert consensus.translate[0] == pytest.approx(2 * 2.5)
+    wait_idle(qtbot, widget)
+    consensus = widget.last_layers["consensus"]
+    assert consensus.data.shape == volume.shape
+    np.testing.assert_allclose(consensus.scale, (2.5, 0.7, 0.7))
+    assert consensus.data[2].any() and not consensus.data[:2].any()
+
+    widget.scope_combo.setCurrentText("whole volume")
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.last_layers["consensus"] is consensus
+    assert widget.last_layers["samples"].data.shape == (1, *volume.shape)
+    assert consensus.data[0].any() or consensus.data[1].any()
+
+
+def test_ct_hu_preset_window_and_ultrasound_preset(widget, qtbot, busbra_pairs) -> None:
+    viewer = widget.viewer
+    hu = np.full((64, 64), -1000.0, np.float32)
+    hu[20:40, 20:40] = 40.0
+    viewer.add_image(hu, name="hu", metadata={"modality": "CT"})
+    widget.select_image("hu")
+    assert widget.form.window_combo.isVisibleTo(widget)
+    assert widget.form.window_combo.currentText() == "lung"
+    assert tuple(viewer.layers["hu"].contrast_limits) == pytest.approx((-1350.0, 150.0))
+    widget.form.window_combo.setCurrentText("soft_tissue")
+    assert tuple(viewer.layers["hu"].contrast_limits) == pytest.approx((-160.0, 240.0))
+
+    viewer.add_image(imread(busbra_pairs[0][0]), name="us", metadata={"modality": "US"})
+    widget.select_image("us")
+    assert not widget.form.window_combo.isVisibleTo(widget)
+    assert set(widget.picker.labels()) == {"ultrasound-teacher", "ultrasound-unet"}
+    assert widget.model_combo.currentText() == "ultrasound-teacher"

@@ -1,0 +1,120 @@
+"""The Jobs panel's launch form (Qt side of :mod:`._job_forms`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from napari_lesion_diffkd.plugin._job_forms import (
+    JOB_KINDS,
+    TRAINING_KINDS,
+    JobForm,
+    parse_overrides,
+)
+from napari_lesion_diffkd.plugin._model_picker import ModelPicker
+
+MODEL_ROW_TITLES = {"fine-tune": "start from", "distill": "teacher", "pseudo-label": "model",
+                    "score": "model", "train": "model"}
+
+
+class JobsForm(QWidget):
+    """Kind, model, config file, steps, minutes, images, K, device, threads, overrides."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__()
+        self.kind_combo = QComboBox()
+        self.kind_combo.addItems(list(JOB_KINDS))
+        self.picker = ModelPicker(context, roles=("teacher", "student", "baseline"))
+        self.config_edit = QLineEdit()
+        self.config_button = QPushButton("...")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(0, 10_000_000)
+        self.steps_spin.setSpecialValueText("config's")
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0, 10_000)
+        self.minutes_spin.setSpecialValueText("config's")
+        self.images_combo = QComboBox()
+        self.images_combo.addItems(["unlabelled", "all"])
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(0, 64)
+        self.samples_spin.setSpecialValueText("model's")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, 256)
+        # Leave a core to napari: a job that takes every core makes the viewer stutter.
+        self.threads_spin.setValue(max(1, (os.cpu_count() or 2) - 1))
+        self.overrides_edit = QLineEdit()
+        self.overrides_edit.setPlaceholderText("e.g. lr: 0.0005, batch_size: 4")
+
+        config_row = self._config_row = QHBoxLayout()
+        config_row.addWidget(self.config_edit)
+        config_row.addWidget(self.config_button)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("job", self.kind_combo)
+        form.addRow("start from", self.picker)
+        form.addRow("config", config_row)
+        form.addRow("steps", self.steps_spin)
+        form.addRow("minutes", self.minutes_spin)
+        form.addRow("images", self.images_combo)
+        form.addRow("samples (K)", self.samples_spin)
+        form.addRow("device", self.device_combo)
+        form.addRow("threads", self.threads_spin)
+        form.addRow("overrides", self.overrides_edit)
+        self._form = form
+        self.kind_combo.currentTextChanged.connect(self._on_kind)
+        self.config_button.clicked.connect(self._browse)
+        self._on_kind(self.kind_combo.currentText())
+
+    def job_form(self) -> JobForm:
+        """The filled-in :class:`JobForm`; ValueError for unparsable overrides."""
+        entry = self.picker.current()
+        return JobForm(
+            kind=self.kind_combo.currentText(), model=entry.target if entry else None,
+            config_path=self.config_edit.text().strip() or None,
+            steps=self.steps_spin.value(), minutes=self.minutes_spin.value(),
+            images=self.images_combo.currentText(), num_samples=self.samples_spin.value(),
+            device=self.device_combo.currentText(), threads=self.threads_spin.value(),
+            overrides=parse_overrides(self.overrides_edit.text()))
+
+    def _on_kind(self, kind: str) -> None:
+        training = kind in TRAINING_KINDS
+        self._show(self.picker, kind != "train", MODEL_ROW_TITLES.get(kind, "model"))
+        self._show(self.config_edit, training)
+        for w in (self.steps_spin, self.minutes_spin, self.overrides_edit):
+            self._show(w, training)
+        for w in (self.images_combo, self.samples_spin):
+            self._show(w, not training)
+        self.config_edit.setPlaceholderText(
+            "the model's own training config" if kind == "fine-tune" else
+            "a TrainConfig YAML (required)" if training else "")
+
+    def _show(self, widget: QWidget, visible: bool, title: str | None = None) -> None:
+        field = self._config_row if widget is self.config_edit else widget
+        label = self._form.labelForField(field)
+        widget.setVisible(visible)
+        if widget is self.config_edit:
+            self.config_button.setVisible(visible)
+        if label is not None:
+            label.setVisible(visible)
+            if title:
+                label.setText(title)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Training config", "",
+                                              "YAML / JSON (*.yaml *.yml *.json)")
+        if path:
+            self.config_edit.setText(path)

@@ -1,0 +1,149 @@
+"""Put results into a viewer: add or update the plugin's own layers, never a user's.
+
+GUI thread only (napari layers are not thread-safe); no Qt imports. Layers are found by their
+``metadata["lesion_diffkd"]`` marker (see :mod:`._layers`), not by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_lesion_diffkd.plugin._layers import (
+    META_KEY,
+    ROLES,
+    digest,
+    is_dirty,
+    managed,
+    result_layer_tuples,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+
+def find_managed(viewer: napari.viewer.Viewer, image: str, role: str, group: str = "segment",
+                 model: str | None = None) -> Any:
+    """The plugin layer with this marker, or None (``model`` matters for ``compare`` only)."""
+    for layer in viewer.layers:
+        marker = managed(layer)
+        if (marker and marker.get("image") == image and marker.get("role") == role
+                and marker.get("group") == group
+                and (group != "compare" or marker.get("model") == model)):
+            return layer
+    return None
+
+
+def spatial_transform(layer: Any) -> tuple[list[float], list[float], int]:
+    """``(scale, translate, ndim_spatial)`` of an image layer (the RGB axis is no dim)."""
+    ndim = layer.ndim
+    return [float(v) for v in layer.scale[-ndim:]], \
+        [float(v) for v in layer.translate[-ndim:]], ndim
+
+
+def current_slice(viewer: napari.viewer.Viewer, layer: Any) -> int:
+    """Index of the slice under the viewer's current position, in a 3D layer's data frame
+    (the layer may have its own scale / translate, e.g. the slice spacing)."""
+    point = viewer.dims.point[-layer.ndim:]
+    depth = np.asarray(layer.data).shape[0]
+    return int(np.clip(round(float(layer.world_to_data(point)[0])), 0, depth - 1))
+
+
+def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
+                 z: int | None = None, model: str | None = None, group: str = "segment",
+                 before_replace: Callable[[Any], None] | None = None,
+                 roles: tuple[str, ...] = ROLES) -> dict[str, Any]:
+    """Show a result as the image's model layers (added, or updated in place).
+
+    Args:
+        result: a 2D :class:`SegmentationResult`, or a :class:`VolumeResult` for a volume.
+        image_layer: the source image layer ((Y, X[, 3]) or (Z, Y, X[, 3])).
+        z: for a 2D result of one slice of a volume: that slice. The volume-shaped model
+            layers keep the other slices (zeros where never segmented).
+        model, group: marker fields (see :func:`._layers.model_meta`).
+        before_replace: called with an edited (dirty) consensus layer before it is
+            overwritten, so the project panel can keep the user's edits.
+        roles: which of the three layers to show (Compare leaves the samples out).
+
+    Returns:
+        ``{role: layer}`` for ``roles``.
+    """
+    scale, translate, _ = spatial_transform(image_layer)
+    tuples = result_layer_tuples(result, image_layer.name, scale, translate, model, group)
+    layers = {}
+    for data, kwargs, kind in tuples:
+        role = kwargs["metadata"][META_KEY]["role"]
+        if role not in roles:
+            continue
+        existing = find_managed(viewer, image_layer.name, role, group, model)
+        was_dirty = existing is not None and role == "consensus" and is_dirty(existing)
+        if was_dirty and before_replace is not None:
+            before_replace(existing)  # may save it and mark it clean
+            was_dirty = is_dirty(existing)
+        if z is not None:
+            data = _into_volume(existing, data, z, role, image_layer)
+        if existing is None:
+            add = viewer.add_labels if kind == "labels" else viewer.add_image
+            if z is not None and role == "consensus":
+                kwargs["metadata"][META_KEY]["clean"] = digest(data)
+            layers[role] = add(data, **kwargs)
+            continue
+        if existing.data is not data:
+            existing.data = data
+        else:
+            existing.refresh()
+        # Each transform change re-slices the layer (~30 ms here): only when it moved.
+        if not _same(existing.scale, kwargs["scale"]):
+            existing.scale = kwargs["scale"]
+        if not _same(existing.translate, kwargs["translate"]):
+            existing.translate = kwargs["translate"]
+        marker = dict(kwargs["metadata"][META_KEY])
+        if role == "consensus":
+            # Edits on other slices of a volume stay "dirty" (unsaved) after a slice run.
+            marker["clean"] = existing.metadata[META_KEY].get("clean") \
+                if was_dirty and z is not None \
+                else digest(existing.data)
+        existing.metadata = {**existing.metadata, META_KEY: marker}
+        layers[role] = existing
+    return layers
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return a.shape == b.shape and np.allclose(a, b)
+
+
+def _into_volume(existing: Any, data: np.ndarray, z: int, role: str, image_layer: Any
+                 ) -> np.ndarray:
+    """Write a one-slice map into the volume-shaped layer data (in place when it fits)."""
+    depth = np.asarray(image_layer.data).shape[0]
+    if role == "samples":  # (K, Y, X) -> (K, Z, Y, X)
+        shape = (data.shape[0], depth, *data.shape[1:])
+        target = existing.data if existing is not None and existing.data.shape == shape \
+            else np.zeros(shape, data.dtype)
+        target[:, z] = data
+    else:  # (Y, X) -> (Z, Y, X)
+        shape = (depth, *data.shape)
+        target = existing.data if existing is not None and existing.data.shape == shape \
+            else np.zeros(shape, data.dtype)
+        target[z] = data
+    return target
+
+
+def set_clean(layer: Any) -> None:
+    """Record the layer's current content as saved / model-written (not an edit)."""
+    marker = dict(managed(layer) or {})
+    marker["clean"] = digest(layer.data)
+    layer.metadata = {**layer.metadata, META_KEY: marker}
+
+
+def remove_image_layers(viewer: napari.viewer.Viewer, image: str,
+                        groups: tuple[str, ...] | None = None) -> None:
+    """Remove the plugin's layers of ``image`` (optionally of some groups only)."""
+    for layer in list(viewer.layers):
+        marker = managed(layer)
+        if marker and marker.get("image") == image and (
+                groups is None or marker.get("group") in groups):
+            viewer.layers.remove(layer)

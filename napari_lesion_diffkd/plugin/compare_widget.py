@@ -1,0 +1,291 @@
+"""Dock widget "Compare teacher / student": two models on the same image, side by side.
+
+Each model's consensus and uncertainty become their own layers (``<image> [<model>]
+consensus`` / ``uncertainty``, found again by their marker on a re-run). "Side by side" turns
+on napari's grid mode with three layers per cell (a view of the image, the uncertainty, the
+consensus) and hides every other layer until it is turned off again. The table gives each
+model's parameter count and latency (sampling + fusion, model loading shown apart); the
+line below it the Dice between the two consensus masks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_lesion_diffkd.plugin._model_picker import ModelPicker
+
+if TYPE_CHECKING:
+    import napari
+
+CELL = ("view", "uncertainty", "consensus")  # bottom to top within one grid cell
+
+
+class CompareWidget(QWidget):
+    """Teacher vs student on one image.
+
+    Public attributes used by tests and scripts: ``image_combo``, ``teacher_picker``,
+    ``student_picker``, ``samples_spin``, ``seed_spin``, ``device_combo``, ``run_button``,
+    ``cancel_button``, ``grid_check``, ``table``, ``dice_label``, ``status``, ``worker``,
+    ``last_result`` (:class:`._compare_job.CompareResult`).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        from napari_lesion_diffkd.plugin._context import app_context
+        from napari_lesion_diffkd.plugin._segment_job import BundleCache
+
+        self.viewer = napari_viewer
+        self.context = app_context(napari_viewer)
+        self.cache = BundleCache()
+        self.worker: Any = None
+        self.last_result: Any = None
+        self._target: dict[str, Any] = {}
+        self._hidden: list[Any] = []
+
+        self.image_combo = QComboBox()
+        self.teacher_picker = ModelPicker(self.context, roles=("teacher", "student", "baseline"))
+        self.student_picker = ModelPicker(self.context, roles=("student", "baseline", "teacher"))
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(1, 64)
+        self.samples_spin.setValue(8)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.run_button = QPushButton("Compare")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.grid_check = QCheckBox("side by side (grid)")
+        self.grid_check.setChecked(True)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.table = QTableWidget(0, 3)  # one row per model, its label as the row header
+        self.table.setHorizontalHeaderLabels(["params", "latency", "load"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setMaximumHeight(90)
+        self.dice_label = QLabel("")
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("teacher", self.teacher_picker)
+        form.addRow("student", self.student_picker)
+        form.addRow("samples (K)", self.samples_spin)
+        form.addRow("seed", self.seed_spin)
+        form.addRow("device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.grid_check)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.table)
+        layout.addWidget(self.dice_label)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.grid_check.toggled.connect(self.show_grid)
+        self.image_combo.currentTextChanged.connect(self._on_image)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self.refresh_images)
+        self.refresh_images()
+
+    # -- choices -------------------------------------------------------------------------
+    def refresh_images(self, *_: Any) -> None:
+        """List the viewer's own image layers (the plugin's result layers excluded)."""
+        import napari
+
+        from napari_lesion_diffkd.plugin._layers import managed
+
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers
+                 if isinstance(layer, napari.layers.Image) and managed(layer) is None]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        elif names:
+            self.image_combo.setCurrentIndex(len(names) - 1)
+        self.image_combo.blockSignals(False)
+        if current not in names:
+            self._on_image(self.image_combo.currentText())
+
+    def _on_image(self, name: str) -> None:
+        from napari_lesion_diffkd.plugin._presets import detect_modality
+
+        if name not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[name]
+        modality = detect_modality(layer.metadata, bool(getattr(layer, "rgb", False)))
+        for picker in (self.teacher_picker, self.student_picker):
+            picker.set_modality(modality)
+
+    # -- running -------------------------------------------------------------------------
+    def run(self) -> None:
+        """Segment the image (or the current slice of a volume) with both models."""
+        from napari_lesion_diffkd.plugin._compare_job import compare_job
+        from napari_lesion_diffkd.plugin._layer_ops import current_slice
+        from napari_lesion_diffkd.plugin._segment_job import SegmentRequest
+        from napari_lesion_diffkd.plugin._workers import start_generator_worker
+
+        if self.worker is not None:
+            return
+        name = self.image_combo.currentText()
+        teacher, student = self.teacher_picker.current(), self.student_picker.current()
+        if name not in self.viewer.layers or teacher is None or student is None:
+            self.status.setText("pick an image layer and two models")
+            return
+        layer = self.viewer.layers[name]
+        data = np.asarray(layer.data)
+        z = current_slice(self.viewer, layer) if layer.ndim == 3 else None
+        if z is not None:
+            data = np.asarray(data[z])
+        requests = [(e.label, SegmentRequest(
+            target=e.target, device=self.device_combo.currentText(),
+            num_samples=self.samples_spin.value(), seed=self.seed_spin.value()))
+            for e in (teacher, student)]
+        self._target = {"name": name, "z": z}
+        cache = self.cache
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText(f"comparing {teacher.label} and {student.label} on {name}...")
+        self.worker = start_generator_worker(
+            lambda: compare_job(requests, data, cache), on_event=self._on_event,
+            on_result=self._on_result, on_error=self._on_error,
+            on_aborted=lambda: self.status.setText("cancelled: no layers changed"),
+            on_finished=self._on_finished)
+
+    def cancel(self) -> None:
+        """Stop after the current network call."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def show_grid(self, on: bool) -> None:
+        """Side by side: grid mode with one cell per model (other layers hidden), or back."""
+        layers = self._cell_layers()
+        grid = viewer_grid(self.viewer)
+        if not on or not layers:
+            for layer in self._hidden:
+                if layer in self.viewer.layers:
+                    layer.visible = True
+            self._hidden = []
+            for layer in layers[::3]:  # the image views duplicate the image outside a grid
+                layer.visible = False
+            grid.enabled = False
+            return
+        ours = {id(layer) for layer in layers}
+        for layer in self.viewer.layers:
+            if id(layer) not in ours and layer.visible:
+                self._hidden.append(layer)
+                layer.visible = False
+        for index, layer in enumerate(layers):  # bottom of the list = bottom of a cell
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+            layer.visible = True
+        grid.stride = len(CELL)
+        grid.shape = (1, len(layers) // len(CELL))
+        grid.enabled = True
+
+    # -- callbacks -----------------------------------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        if event.kind == "progress" and event.total:
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(event.step)
+        elif event.message:
+            self.status.setText(event.message)
+
+    def _on_result(self, result: Any) -> None:
+        from napari_lesion_diffkd.plugin._layer_ops import apply_result
+
+        name = self._target["name"]
+        if name not in self.viewer.layers:
+            self.status.setText(f"image layer {name!r} was removed: result dropped")
+            return
+        image = self.viewer.layers[name]
+        self.last_result = result
+        for run in result.runs:
+            apply_result(self.viewer, run.result, image, z=self._target["z"], model=run.label,
+                         group="compare", roles=("uncertainty", "consensus"))
+            self._image_view(image, run.label)
+        self.table.setRowCount(len(result.runs))
+        self.table.setVerticalHeaderLabels([run.label for run in result.runs])
+        for row, run in enumerate(result.runs):
+            values = (f"{run.params / 1e6:.2f} M", f"{run.seconds:.2f} s",
+                      f"{run.load_seconds:.2f} s")
+            for col, text in enumerate(values):
+                self.table.setItem(row, col, QTableWidgetItem(text))
+        self.dice_label.setText(f"Dice between the consensus masks: {result.dice:.3f}")
+        self.status.setText(f"done: {result.runs[0].label} {result.runs[0].seconds:.2f} s, "
+                            f"{result.runs[1].label} {result.runs[1].seconds:.2f} s")
+        self.show_grid(self.grid_check.isChecked())
+
+    def _image_view(self, image: Any, model: str) -> None:
+        """A second image layer over the same array, for this model's grid cell."""
+        from napari_lesion_diffkd.plugin._layer_ops import find_managed
+        from napari_lesion_diffkd.plugin._layers import model_meta
+
+        if find_managed(self.viewer, image.name, "view", "compare", model) is not None:
+            return
+        kwargs = {"name": f"{image.name} [{model}] view", "scale": image.scale,
+                  "translate": image.translate, "rgb": image.rgb,
+                  "metadata": model_meta("view", image.name, "compare", model)}
+        if not image.rgb:
+            kwargs.update(colormap=image.colormap.name, contrast_limits=image.contrast_limits)
+        self.viewer.add_image(image.data, **kwargs)  # shares the data: no copy
+
+    def _cell_layers(self) -> list[Any]:
+        """[view, uncertainty, consensus] per compared model, in the order compared."""
+        from napari_lesion_diffkd.plugin._layer_ops import find_managed
+
+        if self.last_result is None or self._target.get("name") not in self.viewer.layers:
+            return []
+        out = []
+        for run in self.last_result.runs:
+            cell = [find_managed(self.viewer, self._target["name"], role, "compare", run.label)
+                    for role in CELL]
+            if any(layer is None for layer in cell):
+                return []
+            out += cell
+        return out
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"error: {exc}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+
+def viewer_grid(viewer: napari.viewer.Viewer) -> Any:
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, where
+    ``viewer.grid`` is deprecated; ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid

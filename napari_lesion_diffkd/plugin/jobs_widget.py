@@ -1,0 +1,280 @@
+"""Dock widget "Jobs": launch fine-tune / distill / pseudo-label / score jobs of the open
+project as separate processes, and watch them.
+
+A job is a row of the project's queue (``core.store``) run by ``lesion-diffkd job run`` in
+its own process (:func:`core.job_runner.start_job_process`), so training never competes with
+napari for the GIL and a crash cannot take the viewer down. A QTimer polls the store twice
+a second (the runner itself writes at most twice a second): status, progress, the log tail,
+and the loss / validation-Dice curve from the trainer's JSONL log. Cancel runs
+:func:`core.job_runner.cancel_job` (flag, SIGTERM, then SIGKILL after a grace period) in a
+worker thread, as it may wait for the process; Resume runs a failed or cancelled job again
+(training continues from its checkpoint). A finished training job registers its model in
+the project, and every model picker of the viewer lists it at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_lesion_diffkd.plugin._jobs_form import JobsForm
+
+if TYPE_CHECKING:
+    import napari
+
+POLL_MS = 500  # 2 Hz: the job runner writes its row at most twice a second
+COLUMNS = ("id", "job", "status", "progress", "message")
+
+
+class JobsWidget(QWidget):
+    """Launch form, job table, curve, log tail, Cancel.
+
+    Public attributes used by tests and scripts: ``form`` (:class:`JobsForm`),
+    ``launch_button``, ``table``, ``plot``, ``log_view``, ``cancel_button``,
+    ``resume_button``, ``status``,
+    ``timer``, ``processes`` (job id -> ``Popen`` of jobs started here), ``jobs`` (job id ->
+    latest ``JobRecord``), ``selected_id``.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        from napari_lesion_diffkd.plugin._context import app_context
+        from napari_lesion_diffkd.plugin._plot import CurvePlot
+
+        self.viewer = napari_viewer
+        self.context = app_context(napari_viewer)
+        self.processes: dict[int, Any] = {}
+        self.jobs: dict[int, Any] = {}
+        self.selected_id: int | None = None
+        self._tail: Any = None
+        self._cancel_workers: list[Any] = []
+
+        self.form = JobsForm(self.context)
+        self.launch_button = QPushButton("Launch")
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.Stretch)  # the message
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.plot = CurvePlot()
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(400)
+        self.cancel_button = QPushButton("Cancel job")
+        self.resume_button = QPushButton("Resume job")
+        self.status = QLabel("open a project in the Annotation project panel")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form)
+        layout.addWidget(self.launch_button)
+        layout.addWidget(self.table)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("selected job"))
+        row.addStretch(1)
+        row.addWidget(self.resume_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.log_view)
+        layout.addWidget(self.status)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self.launch_button.clicked.connect(lambda: self.launch())
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        self.resume_button.clicked.connect(lambda: self.resume())
+        self.table.itemSelectionChanged.connect(self._on_selection)
+        self.context.project_changed.connect(self._on_project)
+        self._on_project(self.context.project_path)
+
+    # -- public API ----------------------------------------------------------------------
+    def launch(self) -> Any:
+        """Submit the form's job to the project and start its process; the JobRecord."""
+        from napari_lesion_diffkd.core.job_runner import start_job_process
+        from napari_lesion_diffkd.plugin._job_forms import build_job
+
+        store = self.context.store
+        if store is None:
+            self.status.setText("open a project first (Annotation project panel)")
+            return None
+        try:
+            job_type, config = build_job(self.form.job_form())
+        except Exception as exc:  # ValueError, BundleError, UnknownModelError: say why
+            self.status.setText(f"cannot launch: {exc}")
+            return None
+        job = store.jobs.submit(job_type, config)
+        env = {"OMP_NUM_THREADS": str(config["threads"])} if config.get("threads") else None
+        self.processes[job.id] = start_job_process(store.root, job.id, env=env)
+        self.status.setText(f"job {job.id} ({self.form.kind_combo.currentText()}) started")
+        self.poll()
+        self.select_job(job.id)
+        return job
+
+    def poll(self) -> None:
+        """Read the jobs from the store and update table, curve and log (GUI thread, ms)."""
+        store = self.context.store
+        if store is None:
+            return
+        for proc in self.processes.values():
+            proc.poll()  # reap finished job processes (no zombies)
+        jobs = {job.id: job for job in store.jobs.list()}
+        ended = [job for jid, job in jobs.items()
+                 if jid in self.jobs and self.jobs[jid].status in ("queued", "running")
+                 and job.status not in ("queued", "running")]
+        self.jobs = jobs
+        self._fill_table()
+        self._show_detail()
+        for job in ended:
+            self._on_ended(job)
+
+    def select_job(self, job_id: int) -> None:
+        """Show a job's curve and log (and make it the one Cancel stops)."""
+        for row in range(self.table.rowCount()):
+            if self.table.item(row, 0).text() == str(job_id):
+                self.table.selectRow(row)
+        self._select(job_id)
+
+    def cancel(self, job_id: int | None = None) -> Any:
+        """Cancel a job (default: the selected one) in a worker thread; returns the worker."""
+        from napari_lesion_diffkd.core.job_runner import cancel_job
+        from napari_lesion_diffkd.plugin._workers import start_function_worker
+
+        job_id = self.selected_id if job_id is None else job_id
+        if job_id is None or self.context.project_path is None:
+            return None
+        project, process = self.context.project_path, self.processes.get(job_id)
+        queued = self.jobs.get(job_id) is not None and self.jobs[job_id].status == "queued"
+        self.status.setText(f"cancelling job {job_id}...")
+
+        def work() -> Any:
+            if queued and process is not None and process.poll() is None:
+                # A starting job process re-queues its job (``run_job`` resumes failed and
+                # cancelled jobs), so a cancel that only flags the row would be undone:
+                # stop the process first, then cancel the row.
+                process.terminate()
+                try:
+                    process.wait(10.0)
+                except Exception:  # subprocess.TimeoutExpired: cancel_job escalates
+                    pass
+            return cancel_job(project, job_id, grace_s=10.0, process=process)
+
+        worker = start_function_worker(
+            work,
+            on_result=lambda job: self.status.setText(f"job {job.id}: {job.status}"),
+            on_error=lambda exc: self.status.setText(f"cancel failed: {exc}"),
+            on_finished=self.poll)
+        self._cancel_workers.append(worker)
+        return worker
+
+    def resume(self, job_id: int | None = None) -> Any:
+        """Run a failed or cancelled job again in a new process (default: the selected one):
+        training continues from its checkpoint, per-image jobs skip finished images."""
+        from napari_lesion_diffkd.core.job_runner import start_job_process
+
+        job_id = self.selected_id if job_id is None else job_id
+        job = self.jobs.get(job_id) if job_id is not None else None
+        if job is None or job.status not in ("failed", "cancelled"):
+            return None
+        threads = job.config.get("threads")
+        env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+        # Queued now (the process re-queues too), so the table and a Cancel see it at once.
+        self.context.store.jobs.requeue(job_id)
+        self.processes[job_id] = start_job_process(self.context.project_path, job_id, env=env)
+        self.status.setText(f"job {job_id} resumed")
+        return self.processes[job_id]
+
+    # -- internals -----------------------------------------------------------------------
+    def _on_project(self, path: Any) -> None:
+        self.jobs, self.selected_id, self._tail = {}, None, None
+        self.table.setRowCount(0)
+        self.plot.clear()
+        self.log_view.clear()
+        self.launch_button.setEnabled(path is not None)
+        if path is None:
+            self.timer.stop()
+            return
+        self.status.setText(f"project {path}")
+        self.poll()
+        self.timer.start()
+
+    def _fill_table(self) -> None:
+        ordered = sorted(self.jobs.values(), key=lambda j: -j.id)  # newest first
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(ordered))
+        for row, job in enumerate(ordered):
+            kind = "fine-tune" if job.type == "train" and job.config.get("init_model") \
+                else job.type
+            values = (str(job.id), kind, job.status, f"{100 * job.progress:.0f}%",
+                      job.error or job.message)
+            for col, text in enumerate(values):
+                item = self.table.item(row, col)
+                if item is None:
+                    self.table.setItem(row, col, QTableWidgetItem(text))
+                elif item.text() != text:
+                    item.setText(text)
+            if job.id == self.selected_id:
+                self.table.selectRow(row)
+        self.table.blockSignals(False)
+
+    def _on_selection(self) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if rows:
+            self._select(int(self.table.item(rows[0].row(), 0).text()))
+
+    def _select(self, job_id: int) -> None:
+        from napari_lesion_diffkd.plugin._job_log import TrainLogTail, train_log_path
+
+        if job_id == self.selected_id:
+            return
+        self.selected_id = job_id
+        self._tail = TrainLogTail(train_log_path(self.context.project_path, job_id))
+        self.plot.clear()
+        self.log_view.clear()
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        from napari_lesion_diffkd.plugin._job_log import log_tail
+
+        job = self.jobs.get(self.selected_id) if self.selected_id is not None else None
+        if job is None:
+            return
+        text = log_tail(job.log)
+        if job.error:
+            text += f"\n\nerror: {job.error}"
+        if text != self.log_view.toPlainText():
+            self.log_view.setPlainText(text)
+            bar = self.log_view.verticalScrollBar()
+            bar.setValue(bar.maximum())
+        if self._tail is not None and self._tail.read_new():
+            self.plot.set_series("loss", self._tail.loss)
+            self.plot.set_series("val Dice", self._tail.val_dice)
+        self.cancel_button.setEnabled(job.status in ("queued", "running"))
+        self.resume_button.setEnabled(job.status in ("failed", "cancelled"))
+
+    def _on_ended(self, job: Any) -> None:
+        model = (job.result or {}).get("model") if job.status == "done" else None
+        if job.status == "done":
+            # Training and loop-round jobs register models: every picker re-reads them.
+            self.context.models_changed.emit()
+        note = f"; model {model} is ready in the model pickers" if model else ""
+        self.status.setText(f"job {job.id} ({job.type}) {job.status}{note}")
+        self.context.job_finished.emit(job)

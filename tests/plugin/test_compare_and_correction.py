@@ -1,0 +1,126 @@
+"""The "Compare teacher / student" and "Correct segmentation" dock widgets on a PH2 image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.plugin.conftest import STUDENT, TEACHER, wait_idle, wait_ready
+
+pytestmark = pytest.mark.gui
+
+
+def test_compare_side_by_side_dice_latency_params(viewer, ph2_image, qtbot) -> None:
+    from napari_lesion_diffkd.plugin.compare_widget import CompareWidget, viewer_grid
+
+    viewer.add_image(ph2_image, name="lesion", rgb=True)
+    mine = viewer.add_labels(np.zeros(ph2_image.shape[:2], np.uint8), name="my labels")
+    w = CompareWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    wait_ready(qtbot, w.teacher_picker, w.student_picker)
+    assert w.teacher_picker.current().label == TEACHER
+    assert w.student_picker.current().label == STUDENT
+    w.samples_spin.setValue(3)
+    w.run()
+    wait_idle(qtbot, w)
+    result = w.last_result
+    assert [r.label for r in result.runs] == [TEACHER, STUDENT]
+    assert 0.8 < result.dice <= 1.0 and f"{result.dice:.3f}" in w.dice_label.text()
+    assert w.table.verticalHeaderItem(0).text() == TEACHER
+    assert w.table.item(0, 0).text() == "3.06 M" and w.table.item(1, 0).text() == "0.28 M"
+    assert all(r.seconds > 0 for r in result.runs)
+    assert all(w.table.item(i, 1).text().endswith(" s") for i in range(2))
+    for model in (TEACHER, STUDENT):
+        for role in ("view", "uncertainty", "consensus"):
+            assert f"lesion [{model}] {role}" in viewer.layers
+    # Grid: one cell per model (view, uncertainty, consensus), everything else hidden.
+    grid = viewer_grid(viewer)
+    assert grid.enabled and grid.stride == 3 and grid.actual_shape(viewer.layers) == (1, 2)
+    assert not mine.visible and not viewer.layers["lesion"].visible
+    assert grid.position(viewer.layers.index(f"lesion [{STUDENT}] consensus"),
+                         viewer.layers) == (0, 1)
+    n_layers = len(viewer.layers)
+    w.run()  # a re-run reuses its layers
+    wait_idle(qtbot, w)
+    assert len(viewer.layers) == n_layers
+    w.grid_check.setChecked(False)
+    assert not grid.enabled and mine.visible and viewer.layers["lesion"].visible
+
+
+class Dilate:
+    """A stand-in prompt backend: grows the start mask around positive clicks' rows."""
+
+    name = "dilate (test)"
+
+    def __init__(self) -> None:
+        self.requests = []
+
+    def propose(self, request):
+        from scipy.ndimage import binary_dilation
+
+        self.requests.append(request)
+        return binary_dilation(request.start, iterations=3)
+
+
+def test_correction_start_accept_reject_undo_redo_and_hook(viewer, ph2_image, qtbot) -> None:
+    from napari_lesion_diffkd.plugin._layers import META_KEY
+    from napari_lesion_diffkd.plugin.correction_widget import NO_BACKEND, CorrectionWidget
+    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
+
+    viewer.add_image(ph2_image, name="lesion", rgb=True)
+    seg = SegmentWidget(viewer)
+    wait_ready(qtbot, seg.picker)
+    seg.samples_spin.setValue(3)
+    seg.run()
+    wait_idle(qtbot, seg)
+    consensus, samples = seg.last_layers["consensus"], seg.last_layers["samples"]
+    w = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.backend_label.text() == NO_BACKEND and not w.refine_button.isEnabled()
+
+    w.source_combo.setCurrentText("sample")
+    w.sample_spin.setValue(2)
+    proposal = w.start()
+    np.testing.assert_array_equal(proposal.data, samples.data[1])
+    w.source_combo.setCurrentText("empty")
+    assert w.start() is proposal and not proposal.data.any()
+    w.sample_spin.setValue(9)
+    w.source_combo.setCurrentText("sample")
+    w.start()
+    assert "sample 9 does not exist" in w.status.text()
+
+    w.source_combo.setCurrentText("consensus")
+    w.start()
+    proposal.brush_size = 1
+    proposal.paint((5, 5), 1)  # the proposal is a normal labels layer: brush works
+    target = w.accept()
+    assert target.name == "lesion label" and "lesion proposal" not in viewer.layers
+    expected = np.array(consensus.data)
+    expected[5, 5] = 1
+    np.testing.assert_array_equal(target.data, expected)
+    w.start()
+    w.reject()
+    np.testing.assert_array_equal(target.data, expected)  # reject changes nothing
+    w.undo()
+    assert not target.data.any() and w.redo_button.isEnabled()
+    w.redo()
+    np.testing.assert_array_equal(target.data, expected)
+
+    # The prompt hook: clicks and the proposal go to the backend in a worker thread.
+    backend = Dilate()
+    w.set_backend(backend)
+    assert w.refine_button.isEnabled() and backend.name in w.backend_label.text()
+    proposal = w.start()
+    prompts = viewer.layers["lesion prompts"]
+    prompts.add([[100.0, 120.0]])
+    w.negative_check.setChecked(True)
+    prompts.add([[10.0, 10.0]])
+    w.refine()
+    wait_idle(qtbot, w)
+    [request] = backend.requests
+    np.testing.assert_array_equal(request.points, [[100, 120], [10, 10]])
+    np.testing.assert_array_equal(request.point_labels, [1, 0])
+    assert request.image.shape == ph2_image.shape and request.key == ("lesion", None)
+    assert proposal.data.sum() > consensus.data.sum()
+    w.accept()
+    assert target.metadata[META_KEY]["save_kind"] == "sam-assisted"
