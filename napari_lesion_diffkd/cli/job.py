@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-wait", action="store_true",
                    help="exit (code 75) instead of waiting while the device is busy")
     r.add_argument("--poll", type=float, default=1.0, help="seconds between device checks")
+    r.add_argument("--no-resume", action="store_true",
+                   help="leave a failed or cancelled job as it is (do not resume it)")
     r.set_defaults(func=_run)
 
     ls = add("list", "show the jobs")
@@ -122,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         job = run_job(args.project, args.id, wait=not args.no_wait, poll_s=args.poll,
-                      handle_signals=True, echo=lambda line: print(line, flush=True))
+                      handle_signals=True, echo=lambda line: print(line, flush=True),
+                      resume=not args.no_resume)
     except StoreError as exc:
         return _error(str(exc))
     print(json.dumps({"id": job.id, "status": job.status, "error": job.error,

@@ -122,7 +122,7 @@ def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[None]:
 
 def run_job(project: str | os.PathLike, job_id: int, *, wait: bool = True,
             poll_s: float = 1.0, handle_signals: bool = False, report_interval: float = 0.5,
-            echo: Callable[[str], Any] | None = None) -> JobRecord:
+            echo: Callable[[str], Any] | None = None, resume: bool = True) -> JobRecord:
     """Execute job ``job_id`` of ``project`` in *this* process (see module docstring).
 
     Args:
@@ -132,6 +132,9 @@ def run_job(project: str | os.PathLike, job_id: int, *, wait: bool = True,
             it off when embedding, e.g. in tests or a notebook).
         report_interval: minimum seconds between progress writes.
         echo: called with each log line (the CLI prints them into the process log).
+        resume: run a failed or cancelled job again (it continues from its checkpoint).
+            With False such a job is returned as it is: a process started for a fresh job
+            that was cancelled before the process got going must not undo the cancel.
 
     Returns:
         The job row at the end (``done`` / ``failed`` / ``cancelled``, or ``queued`` when
@@ -143,6 +146,10 @@ def run_job(project: str | os.PathLike, job_id: int, *, wait: bool = True,
     """
     stop = threading.Event()
     with _stop_on_signals(stop, handle_signals), ProjectStore(project) as store:
+        if not resume:
+            job = store.jobs.get(job_id)
+            if job.status in ("failed", "cancelled"):
+                return job
         return _run_claimed(store, job_id, stop, wait, poll_s, report_interval, echo)
 
 
@@ -198,7 +205,8 @@ def _line(text: str) -> str:
 
 def start_job_process(project: str | os.PathLike, job_id: int, *, wait: bool = True,
                       poll_s: float = 1.0,
-                      env: dict[str, str] | None = None) -> subprocess.Popen:
+                      env: dict[str, str] | None = None,
+                      resume: bool = True) -> subprocess.Popen:
     """Start ``lesion-diffkd job run`` for one job in a new process session.
 
     Args:
@@ -207,6 +215,8 @@ def start_job_process(project: str | os.PathLike, job_id: int, *, wait: bool = T
         wait: let the process wait for the device (else it exits leaving the job queued).
         poll_s: seconds between its device checks while waiting.
         env: extra environment variables for the process (e.g. ``OMP_NUM_THREADS``).
+        resume: False for a freshly submitted job: if it is cancelled before the process
+            starts, the process leaves it cancelled (see :func:`run_job`).
 
     Returns:
         The :class:`subprocess.Popen`; its output is appended to
@@ -221,6 +231,8 @@ def start_job_process(project: str | os.PathLike, job_id: int, *, wait: bool = T
            "--project", str(folder.parents[1]), "--poll", str(poll_s)]
     if not wait:
         cmd.append("--no-wait")
+    if not resume:
+        cmd.append("--no-resume")
     package_root = str(Path(napari_lesion_diffkd.__file__).resolve().parents[1])
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     child_env["PYTHONPATH"] = os.pathsep.join(

@@ -123,7 +123,8 @@ class JobsWidget(QWidget):
             return None
         job = store.jobs.submit(job_type, config)
         env = {"OMP_NUM_THREADS": str(config["threads"])} if config.get("threads") else None
-        self.processes[job.id] = start_job_process(store.root, job.id, env=env)
+        # resume=False: a Cancel pressed before the process starts must stick.
+        self.processes[job.id] = start_job_process(store.root, job.id, env=env, resume=False)
         self.status.setText(f"job {job.id} ({self.form.kind_combo.currentText()}) started")
         self.poll()
         self.select_job(job.id)

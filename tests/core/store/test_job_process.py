@@ -101,3 +101,21 @@ def test_a_second_heavy_job_waits_for_the_device(project: ProjectStore) -> None:
     assert b.started_at >= a.finished_at  # never both on the CPU at once
     assert "waits for cpu" in (job_dir(project.root, b.id) / PROCESS_LOG).read_text()
     assert len(project.predictions()) == 4
+
+
+def test_a_job_cancelled_before_its_process_starts_stays_cancelled(
+        project: ProjectStore) -> None:
+    """The GUI submits, then starts a process with resume=False; a Cancel in between wins.
+    An explicit resume (the default of ``job run``) still runs it."""
+    names = [image.name for image in project.images()[:1]]
+    config = {"model": "dermoscopy-student", "num_samples": 2, "device": "cpu",
+              "threads": 1, "images": names, "reuse": False}
+    job = project.jobs.submit("predict", config)
+    cancel_job(project.root, job.id, grace_s=0.1)
+    assert project.jobs.get(job.id).status == "cancelled"
+    proc = start_job_process(project.root, job.id, poll_s=0.1, env=ONE_THREAD, resume=False)
+    proc.wait(timeout=120)
+    assert project.jobs.get(job.id).status == "cancelled"
+    assert not project.predictions()
+    assert run_job(project.root, job.id).status == "done"  # resuming on purpose runs it
+    assert len(project.predictions()) == 1
