@@ -108,3 +108,30 @@ def test_train_finetune_and_distill_jobs(project: ProjectStore, tiny_bundle: Pat
     failed = run_job(project.root, bad.id)
     assert failed.status == "failed" and "missing.yaml" in failed.error
     assert len(project.models()) == 3 and project.check().ok
+
+
+def test_sam_finetune_job_trains_on_the_human_labels(project: ProjectStore) -> None:
+    from napari_lesion_diffkd.core.sam.loading import load_sam
+
+    micro = {"img_size": 64, "patch_size": 16, "encoder_embed_dim": 32, "encoder_depth": 1,
+             "encoder_num_heads": 2, "encoder_global_attn_indexes": [0], "window_size": 4,
+             "prompt_embed_dim": 32, "mask_in_chans": 4, "decoder_mlp_dim": 64,
+             "decoder_num_heads": 2, "iou_head_hidden_dim": 32}
+    config = {"name": "project-sam", "tiny": micro, "batch_size": 2, "max_steps": 3,
+              "warmup_steps": 1, "val_every": 3, "checkpoint_every": 3, "val_max_images": 2,
+              "amp_bf16": False}
+    job = project.jobs.submit("sam-finetune", {"sam_config": config, "device": "cpu",
+                                               "threads": 1})
+    done = run_job(project.root, job.id)
+    assert done.status == "done", done.log
+    assert done.result["model"] == "project-sam@v1" and done.result["steps"] == 3
+    data = job_dir(project.root, job.id) / "data"
+    assert len(list((data / "masks").iterdir())) == 8 - UNLABELLED
+    record = project.find_model("project-sam")
+    assert record.role == "promptable"
+    assert load_sam(record.path).arch == "tiny"
+    # A bad config fails with its reason and registers nothing.
+    bad = project.jobs.submit("sam-finetune", {"sam_config": {"epochs": 3}, "device": "cpu"})
+    failed = run_job(project.root, bad.id)
+    assert failed.status == "failed" and "sam_config" in (failed.error or "")
+    assert [m.tag for m in project.models("project-sam")] == ["project-sam@v1"]

@@ -21,6 +21,9 @@ type                      config keys (JSON object)
                           (never for an image that has a human label)
 ``score``                 as ``predict``; the result ranks the images by ``score_key``
                           (default ``sample_disagreement``), most uncertain first
+``sam-finetune``          train or LoRA-fine-tune a promptable SAM: ``sam_config``,
+                          ``overrides``, ``data`` (default: the human labels), ``register``
+                          (keys: ``core/store/tasks/sam.py``)
 ``loop-round``            one round of the active-learning loop: fine-tune the teacher,
                           pseudo-label, distil the student, score, re-rank the annotation
                           queue (keys: ``core/active_learning/loop.py``)
@@ -69,6 +72,12 @@ def _predict(ctx: TaskContext) -> TaskResult:
     return run_predict(ctx)
 
 
+def _sam_finetune(ctx: TaskContext) -> TaskResult:
+    from napari_lesion_diffkd.core.store.tasks.sam import run_sam_finetune
+
+    return run_sam_finetune(ctx)
+
+
 def _loop_round(ctx: TaskContext) -> TaskResult:
     from napari_lesion_diffkd.core.active_learning.loop import run_loop_round
 
@@ -83,6 +92,7 @@ TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "pseudo-label": _predict,
     "score": _predict,
     "loop-round": _loop_round,
+    "sam-finetune": _sam_finetune,
 }
 
 
