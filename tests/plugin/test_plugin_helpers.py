@@ -38,7 +38,8 @@ def test_catalogue_presets_and_modalities(tmp_path, bundle_copy) -> None:
     assert by_label["ct-unet"].deterministic and by_label[STUDENT].sampler == "one-step"
     assert default_entry(rows, "dermoscopy").label == STUDENT
     assert default_entry(rows, "dermoscopy", ("teacher",)).label == TEACHER
-    assert default_entry(rows, "ultrasound").label == "ultrasound-teacher"
+    assert default_entry(rows, "ultrasound").label == "ultrasound-student"
+    assert default_entry(rows, "ct").label == "ct-unet"  # no student or teacher: the baseline
     assert {r.modality for r in for_modality(rows, "ct")} == {"ct"}
 
 

@@ -163,5 +163,6 @@ def test_ct_hu_preset_window_and_ultrasound_preset(widget, qtbot, busbra_pairs) 
     viewer.add_image(imread(busbra_pairs[0][0]), name="us", metadata={"modality": "US"})
     widget.select_image("us")
     assert not widget.form.window_combo.isVisibleTo(widget)
-    assert set(widget.picker.labels()) == {"ultrasound-teacher", "ultrasound-unet"}
-    assert widget.model_combo.currentText() == "ultrasound-teacher"
+    assert set(widget.picker.labels()) == {"ultrasound-student", "ultrasound-teacher",
+                                           "ultrasound-unet"}
+    assert widget.model_combo.currentText() == "ultrasound-student"  # the fast default
