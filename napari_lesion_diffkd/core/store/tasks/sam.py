@@ -14,7 +14,7 @@ from typing import Any
 from napari_lesion_diffkd.core.store.errors import InvalidInputError
 from napari_lesion_diffkd.core.store.tasks import TaskContext, TaskResult
 from napari_lesion_diffkd.core.store.tasks.common import apply_threads
-from napari_lesion_diffkd.core.store.tasks.train import _data_folders, _resolve_path
+from napari_lesion_diffkd.core.store.tasks.train import _resolve_path, prepare_run
 
 
 def _sam_config(ctx: TaskContext):
@@ -43,21 +43,10 @@ def run_sam_finetune(ctx: TaskContext) -> TaskResult:
     (``name@vN``) and ``path``."""
     from napari_lesion_diffkd.core.jobs import JobEvent
     from napari_lesion_diffkd.core.sam.training import CHECKPOINT_NAME, train_promptable
-    from napari_lesion_diffkd.core.training.cli_driver import collect_records
 
     apply_threads(ctx.job.config)
     config = _sam_config(ctx)
-    folders = _data_folders(ctx)
-    try:
-        records = collect_records(",".join(str(f) for f in folders))
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"training data: {exc}") from exc
-    run_dir = ctx.work_dir / "run"
-    resume = (run_dir / CHECKPOINT_NAME).is_file()
-    if resume:
-        yield JobEvent("log", message=f"resuming from {run_dir / CHECKPOINT_NAME}")
-    provenance = {"project": str(ctx.store.root), "job_id": ctx.job.id,
-                  "job_type": ctx.job.type, "data": [str(f) for f in folders]}
+    records, run_dir, resume, provenance = yield from prepare_run(ctx, CHECKPOINT_NAME)
     summary = yield from train_promptable(config, records, run_dir, device=ctx.device,
                                           resume=resume, provenance=provenance)
     result: dict[str, Any] = dict(summary)

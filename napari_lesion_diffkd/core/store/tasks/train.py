@@ -92,27 +92,40 @@ def _data_folders(ctx: TaskContext) -> list[Path]:
     return [folder]
 
 
-def run_train(ctx: TaskContext) -> TaskResult:
-    """Train (or distil) as the job config says; resume from the job's checkpoint if one
-    exists; register the bundle as a new model version. Returns the trainer's summary plus
-    ``model`` (``name@vN``) and ``path``."""
+def prepare_run(ctx: TaskContext, checkpoint_name: str):
+    """What every training job type needs: the pairs to train on (config ``data`` or the
+    project's human labels), its run folder ``<job>/run``, whether a checkpoint there makes
+    this a resume (said in the log), and the provenance to store in the bundle.
+
+    A generator (it yields that log event); returns ``(records, run_dir, resume, provenance)``.
+    """
     from napari_lesion_diffkd.core.jobs import JobEvent
     from napari_lesion_diffkd.core.training.cli_driver import collect_records
-    from napari_lesion_diffkd.core.training.trainer import CHECKPOINT_NAME, train
 
-    apply_threads(ctx.job.config)
-    config = _load_config(ctx)
     folders = _data_folders(ctx)
     try:
         records = collect_records(",".join(str(f) for f in folders))
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"training data: {exc}") from exc
     run_dir = ctx.work_dir / "run"
-    resume = (run_dir / CHECKPOINT_NAME).is_file()
+    resume = (run_dir / checkpoint_name).is_file()
     if resume:
-        yield JobEvent("log", message=f"resuming from {run_dir / CHECKPOINT_NAME}")
+        yield JobEvent("log", message=f"resuming from {run_dir / checkpoint_name}")
     provenance = {"project": str(ctx.store.root), "job_id": ctx.job.id,
                   "job_type": ctx.job.type, "data": [str(f) for f in folders]}
+    return records, run_dir, resume, provenance
+
+
+def run_train(ctx: TaskContext) -> TaskResult:
+    """Train (or distil) as the job config says; resume from the job's checkpoint if one
+    exists; register the bundle as a new model version. Returns the trainer's summary plus
+    ``model`` (``name@vN``) and ``path``."""
+    from napari_lesion_diffkd.core.jobs import JobEvent
+    from napari_lesion_diffkd.core.training.trainer import CHECKPOINT_NAME, train
+
+    apply_threads(ctx.job.config)
+    config = _load_config(ctx)
+    records, run_dir, resume, provenance = yield from prepare_run(ctx, CHECKPOINT_NAME)
     summary = yield from train(config, records, run_dir, device=ctx.device, resume=resume,
                                provenance=provenance)
     result: dict[str, Any] = {k: v for k, v in summary.items() if k != "val_records"}
