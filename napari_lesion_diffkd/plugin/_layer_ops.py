@@ -147,3 +147,24 @@ def remove_image_layers(viewer: napari.viewer.Viewer, image: str,
         if marker and marker.get("image") == image and (
                 groups is None or marker.get("group") in groups):
             viewer.layers.remove(layer)
+
+
+def refresh_image_combo(combo: Any, viewer: napari.viewer.Viewer) -> bool:
+    """Fill ``combo`` with the viewer's own image layers (the plugin's result layers left out),
+    keeping the current choice when it still exists, else choosing the newest image. Signals
+    are blocked while filling. Returns whether the previous choice was kept."""
+    import napari
+
+    current = combo.currentText()
+    names = [layer.name for layer in viewer.layers
+             if isinstance(layer, napari.layers.Image) and managed(layer) is None]
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    keep = current in names
+    if keep:
+        combo.setCurrentText(current)
+    elif names:
+        combo.setCurrentIndex(len(names) - 1)
+    combo.blockSignals(False)
+    return keep

@@ -81,23 +81,9 @@ class SegmentForm(QWidget):
     # -- choices -------------------------------------------------------------------------
     def refresh_images(self, *_: Any) -> None:
         """List the viewer's image layers (the plugin's own result layers excluded)."""
-        import napari
+        from napari_lesion_diffkd.plugin._layer_ops import refresh_image_combo
 
-        from napari_lesion_diffkd.plugin._layers import managed
-
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers
-                 if isinstance(layer, napari.layers.Image) and managed(layer) is None]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        keep = current in names
-        if keep:
-            self.image_combo.setCurrentText(current)
-        elif names:
-            self.image_combo.setCurrentIndex(len(names) - 1)
-        self.image_combo.blockSignals(False)
-        if not keep:
+        if not refresh_image_combo(self.image_combo, self.viewer):
             self._on_image(self.image_combo.currentText())
 
     def image_layer(self) -> Any:

@@ -233,21 +233,9 @@ class CorrectionWidget(QWidget):
     # -- internals -----------------------------------------------------------------------
     def refresh_images(self, *_: Any) -> None:
         """List the viewer's own image layers."""
-        import napari
+        from napari_lesion_diffkd.plugin._layer_ops import refresh_image_combo
 
-        from napari_lesion_diffkd.plugin._layers import managed
-
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers
-                 if isinstance(layer, napari.layers.Image) and managed(layer) is None]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        elif names:
-            self.image_combo.setCurrentIndex(len(names) - 1)
-        self.image_combo.blockSignals(False)
+        refresh_image_combo(self.image_combo, self.viewer)
 
     def _image(self) -> Any:
         name = self.image_combo.currentText()
