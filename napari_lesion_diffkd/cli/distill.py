@@ -4,7 +4,14 @@ project's trajectory-distilled fast student), with every feature of ``train``.""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# --method NAME -> module with ``add_arguments(parser)`` and ``run(args) -> int`` for the
+# SAM-teacher recipes (seed 002 task-specific KD, seed 003 SAM-guided semi-supervised).
+# "diffusion" (the default) is the diffusion-teacher path below.
+METHOD_MODULES: dict[str, str] = {
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "flat folder): added to the training set of a 'trajectory' student "
                         "with the teacher's masks as their only target; images of validation "
                         "groups or already among the labelled pairs are left out")
+    p.add_argument("--method", choices=("diffusion", *METHOD_MODULES), default="diffusion",
+                   help="diffusion: a diffusion teacher (config objective trajectory or "
+                        "diffusion+KD); ts-kd: SAM -> ViT-Tiny task-specific KD (seed 002); "
+                        "sam-ssl: SAM-guided semi-supervised dual-task student (seed 003)")
     from napari_lesion_diffkd.cli.train import add_run_options
 
     add_run_options(p)
+    for module_name in METHOD_MODULES.values():
+        importlib.import_module(module_name).add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.method != "diffusion":
+        return int(importlib.import_module(METHOD_MODULES[args.method]).run(args))
     from napari_lesion_diffkd.core.registry import UnknownModelError, resolve_model
     from napari_lesion_diffkd.core.training.cli_driver import train_from_cli
 
