@@ -8,7 +8,11 @@ the whole napari window (``viewer.screenshot(canvas_only=False)``) saved to docs
 * ``compare-<modality>.png``: teacher vs student (or baseline) side by side, where a
   modality has two models;
 * ``project.png``, ``jobs.png``, ``correction.png``: the annotation queue with an image
-  open, a finished fine-tune job with its curve, a correction proposal (dermoscopy).
+  open, a finished fine-tune job with its curve, a correction proposal (dermoscopy);
+* ``sam-correction.png``: SAM correction on a held-out PH2 image (``IMD009``, outside every
+  shipped model's training split): the student's consensus, a box drawn around the lesion
+  (from its reference mask) plus a positive and a negative click, and the live
+  ``lesion-sam-tiny`` proposal.
 
 Run as ``xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py``
 (``--only NAME`` takes one shot, e.g. ``--only jobs``).
@@ -208,10 +212,57 @@ def shot_correction(root: Path) -> None:
         seg.last_layers[role].visible = False
     w = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(w, name="Correct segmentation", area="right")
+    wait(lambda: w.backend is not None)
     w.source_combo.setCurrentText("sample")
     w.sample_spin.setValue(3)
     w.start()
     save(viewer, "correction.png")
+
+
+SAM_IMAGE = "IMD009"  # validation split of lesion-sam-tiny and the dermoscopy models
+
+
+def shot_sam_correction(root: Path) -> None:
+    import numpy as np
+    from skimage.io import imread
+
+    from napari_lesion_diffkd.core.metrics import dice
+    from napari_lesion_diffkd.plugin.correction_widget import CorrectionWidget
+    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
+
+    folder = root / "ph2_dermoscopy"
+    truth = imread(folder / "masks" / f"{SAM_IMAGE}.png") > 127
+    viewer = new_viewer("Correct segmentation with SAM")
+    layer = open_image(viewer, next((folder / "images").glob(f"{SAM_IMAGE}.*")))
+    seg = SegmentWidget(viewer)
+    wait(lambda: seg.picker.is_ready)
+    seg.select_model("dermoscopy-student")
+    seg.samples_spin.setValue(4)
+    seg.run()
+    wait(lambda: seg.worker is None)
+    for role in ("samples", "uncertainty"):
+        seg.last_layers[role].visible = False
+    consensus = seg.last_layers["consensus"]
+    w = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Correct segmentation", area="right")
+    wait(lambda: w.backend is not None)
+    w.source_combo.setCurrentText("consensus")
+    proposal = w.start()
+    rows, cols = np.nonzero(truth)
+    r0, r1, c0, c1 = rows.min() - 6, rows.max() + 6, cols.min() - 6, cols.max() + 6
+    viewer.layers[f"{layer.name} box"].add_rectangles(
+        np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float))
+    wait(lambda: not w.is_busy)
+    prompts = viewer.layers[f"{layer.name} prompts"]
+    prompts.add([[float(np.median(rows)), float(np.median(cols))]])
+    wait(lambda: not w.is_busy)
+    w.negative_check.setChecked(True)
+    prompts.add([[float(r0 + 8), float(c1 - 8)]])  # a background corner inside the box
+    wait(lambda: not w.is_busy)
+    consensus.visible = False  # the proposal over the image, prompts on top
+    print(f"  sam: consensus Dice {dice(consensus.data > 0, truth):.3f}, SAM proposal Dice "
+          f"{dice(proposal.data > 0, truth):.3f}; {w.status.text()}")
+    save(viewer, "sam-correction.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None,
                         help="segment | compare | project | correction (default: all)")
+    # "correction" takes both correction shots (proposal, and SAM with box and clicks).
     args = parser.parse_args(argv)
     root = find_data_root()
     if root is None:
@@ -238,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         shot_project_and_jobs(root)
     if only in (None, "correction"):
         shot_correction(root)
+        shot_sam_correction(root)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The correction panel's data side (no Qt): start masks, the prompt-backend contract, and
 undo / redo of accepted model outputs.
 
-**Prompt backend contract** (the hook for SAM, built in ``core/sam`` by its own engineer).
+**Prompt backend contract** (SAM's is ``core/sam/correction_backend.SamCorrection``, which
+the panel loads through ``_sam_models.SamModelBox``; tests plug in stand-ins).
 A backend is any object with
 
 * ``name: str`` (shown in the panel), and
@@ -14,7 +15,7 @@ A backend is any object with
 All coordinates in :class:`CorrectionRequest` are in the **napari data frame of the 2D
 image** (rows, cols; pixel ``[r, c]`` centred on ``(r, c)``), already reduced to the slice
 for a volume. The backend converts them to SAM's ``(x, y)`` / XYXY with
-``core.sam.coords`` (``napari_points_to_xy``, ``napari_rectangle_to_xyxy``), and would pass
+``core.sam.coords`` (``napari_points_to_xy``, ``napari_rectangle_to_xyxy``) and passes
 ``start`` as ``PromptSession.predict(mask=...)``. Register one with
 ``CorrectionWidget.set_backend(backend)``; without one, the panel still starts from the
 consensus / a sample / empty, and accepts, rejects, undoes and redoes.

@@ -12,6 +12,13 @@ train          train        ``train_config`` = the given file (from scratch)
 distill        distill      ``teacher`` = the picked model, ``student_config`` = file
 pseudo-label   pseudo-label ``model``, ``images``, ``num_samples``
 score          score        ``model``, ``images``, ``num_samples``
+loop round     loop-round   ``teacher`` = the picked model; ``student`` = the picked
+                            student, or ``student_config`` = the given file (a new
+                            student); ``threshold`` (confident pseudo labels:
+                            ``sample_disagreement <= threshold``), ``num_samples``;
+                            ``steps`` / ``minutes`` / ``overrides`` go to both models'
+                            training (``teacher_overrides``, ``student_overrides``); see
+                            ``core/active_learning/loop.py``
 =============  ===========  ==========================================================
 
 Training kinds train on the project's human labels unless ``data`` is given. ``steps``
@@ -31,8 +38,11 @@ JOB_KINDS: dict[str, str] = {
     "pseudo-label": "pseudo-label",
     "score": "score",
     "train": "train",
+    "loop round": "loop-round",
 }
 TRAINING_KINDS = ("fine-tune", "train", "distill")
+#: Default confidence threshold of a loop round (``core/active_learning/loop.py``).
+LOOP_THRESHOLD = 0.1
 
 
 @dataclass
@@ -51,6 +61,9 @@ class JobForm:
         threads: torch CPU threads of the job process (0: torch's default).
         overrides: further ``TrainConfig`` fields.
         data: dataset folders (comma separated) instead of the project's human labels.
+        student: loop round: the student's load target (ignored when ``config_path``
+            gives a student config: a new student).
+        threshold: loop round: the confidence threshold of pseudo labels.
     """
 
     kind: str
@@ -64,6 +77,8 @@ class JobForm:
     threads: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     data: str | None = None
+    student: str | None = None
+    threshold: float = LOOP_THRESHOLD
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -96,6 +111,8 @@ def build_job(form: JobForm) -> tuple[str, dict[str, Any]]:
         if form.num_samples:
             config["num_samples"] = int(form.num_samples)
         return JOB_KINDS[form.kind], config
+    if form.kind == "loop round":
+        return JOB_KINDS[form.kind], {**config, **_loop_config(form)}
     base = _base_config(form)
     overrides = dict(short_run_overrides(base, form.steps))
     if form.minutes:
@@ -113,6 +130,45 @@ def build_job(form: JobForm) -> tuple[str, dict[str, Any]]:
     else:
         config["train_config"] = form.config_path
     return JOB_KINDS[form.kind], config
+
+
+def _loop_config(form: JobForm) -> dict[str, Any]:
+    """The ``loop-round`` keys of a loop-round form (see the module docstring)."""
+    if not form.model:
+        raise ValueError("a loop round needs a teacher model")
+    if not form.config_path and not form.student:
+        raise ValueError("a loop round needs a student: pick one or give a student config")
+    if not 0.0 <= form.threshold <= 1.0:
+        raise ValueError(f"threshold {form.threshold} is outside [0, 1]")
+    config: dict[str, Any] = {"teacher": form.model, "threshold": float(form.threshold)}
+    if form.config_path:
+        config["student_config"] = form.config_path
+    else:
+        config["student"] = form.student
+    if form.num_samples:
+        config["num_samples"] = int(form.num_samples)
+    teacher_base = _model_train_config(form.model)
+    student_base = _base_config(JobForm("fine-tune", model=form.student,
+                                        config_path=form.config_path))
+    for key, base in (("teacher_overrides", teacher_base), ("student_overrides", student_base)):
+        overrides = dict(short_run_overrides(base, form.steps))
+        if form.minutes:
+            overrides["max_minutes"] = float(form.minutes)
+        overrides.update(form.overrides)
+        if overrides:
+            config[key] = overrides
+    if form.data:
+        raise ValueError("a loop round trains on the project's labels only (no data folders)")
+    return config
+
+
+def _model_train_config(model: str) -> dict[str, Any]:
+    """A bundle's own training config (provenance), {} when it stores none."""
+    from napari_lesion_diffkd.core.bundle import read_config
+    from napari_lesion_diffkd.core.registry import resolve_model
+
+    return dict((read_config(resolve_model(model)).get("provenance") or {})
+                .get("train_config") or {})
 
 
 def _base_config(form: JobForm) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_lesion_diffkd.plugin._job_forms import (
     JOB_KINDS,
+    LOOP_THRESHOLD,
     TRAINING_KINDS,
     JobForm,
     parse_overrides,
@@ -26,17 +27,29 @@ from napari_lesion_diffkd.plugin._job_forms import (
 from napari_lesion_diffkd.plugin._model_picker import ModelPicker
 
 MODEL_ROW_TITLES = {"fine-tune": "start from", "distill": "teacher", "pseudo-label": "model",
-                    "score": "model", "train": "model"}
+                    "score": "model", "train": "model", "loop round": "teacher"}
+#: Kinds whose form has steps / minutes / overrides (a loop round trains two models).
+STEPPED_KINDS = (*TRAINING_KINDS, "loop round")
 
 
 class JobsForm(QWidget):
-    """Kind, model, config file, steps, minutes, images, K, device, threads, overrides."""
+    """Kind, model, config file, steps, minutes, images, K, device, threads, overrides;
+    a loop round adds the student and the confidence threshold."""
 
     def __init__(self, context: Any) -> None:
         super().__init__()
         self.kind_combo = QComboBox()
         self.kind_combo.addItems(list(JOB_KINDS))
         self.picker = ModelPicker(context, roles=("teacher", "student", "baseline"))
+        self.student_picker = ModelPicker(context, roles=("student",))
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setDecimals(3)
+        self.threshold_spin.setSingleStep(0.01)
+        self.threshold_spin.setValue(LOOP_THRESHOLD)
+        self.threshold_spin.setToolTip(
+            "a pseudo label trains the student when the teacher's samples agree: "
+            "sample disagreement (1 - mean pairwise Dice) <= this")
         self.config_edit = QLineEdit()
         self.config_button = QPushButton("...")
         self.steps_spin = QSpinBox()
@@ -66,11 +79,13 @@ class JobsForm(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("job", self.kind_combo)
         form.addRow("start from", self.picker)
+        form.addRow("student", self.student_picker)
         form.addRow("config", config_row)
         form.addRow("steps", self.steps_spin)
         form.addRow("minutes", self.minutes_spin)
         form.addRow("images", self.images_combo)
         form.addRow("samples (K)", self.samples_spin)
+        form.addRow("confidence threshold", self.threshold_spin)
         form.addRow("device", self.device_combo)
         form.addRow("threads", self.threads_spin)
         form.addRow("overrides", self.overrides_edit)
@@ -82,24 +97,30 @@ class JobsForm(QWidget):
     def job_form(self) -> JobForm:
         """The filled-in :class:`JobForm`; ValueError for unparsable overrides."""
         entry = self.picker.current()
+        student = self.student_picker.current()
         return JobForm(
             kind=self.kind_combo.currentText(), model=entry.target if entry else None,
             config_path=self.config_edit.text().strip() or None,
             steps=self.steps_spin.value(), minutes=self.minutes_spin.value(),
             images=self.images_combo.currentText(), num_samples=self.samples_spin.value(),
             device=self.device_combo.currentText(), threads=self.threads_spin.value(),
-            overrides=parse_overrides(self.overrides_edit.text()))
+            overrides=parse_overrides(self.overrides_edit.text()),
+            student=student.target if student else None,
+            threshold=self.threshold_spin.value())
 
     def _on_kind(self, kind: str) -> None:
-        training = kind in TRAINING_KINDS
+        training, loop = kind in TRAINING_KINDS, kind == "loop round"
         self._show(self.picker, kind != "train", MODEL_ROW_TITLES.get(kind, "model"))
-        self._show(self.config_edit, training)
+        self._show(self.student_picker, loop)
+        self._show(self.threshold_spin, loop)
+        self._show(self.config_edit, training or loop, "student config" if loop else "config")
         for w in (self.steps_spin, self.minutes_spin, self.overrides_edit):
-            self._show(w, training)
-        for w in (self.images_combo, self.samples_spin):
-            self._show(w, not training)
+            self._show(w, kind in STEPPED_KINDS)
+        self._show(self.images_combo, not training and not loop)
+        self._show(self.samples_spin, not training)
         self.config_edit.setPlaceholderText(
             "the model's own training config" if kind == "fine-tune" else
+            "the student's own config; a file here starts a new student" if loop else
             "a TrainConfig YAML (required)" if training else "")
 
     def _show(self, widget: QWidget, visible: bool, title: str | None = None) -> None:

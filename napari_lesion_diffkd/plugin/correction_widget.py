@@ -1,15 +1,23 @@
 """Dock widget "Correct segmentation": start from the consensus, a sample or nothing,
-(optionally) refine with prompts, then accept or reject; undo / redo accepted outputs.
+refine with SAM prompts (points and a box, the mask updating live), then accept or reject;
+undo / redo accepted outputs.
 
 The proposal lives in its own labels layer (``<image> proposal``) that the user may also
 paint on. Accept copies it into the target layer (``<image> label``, the layer the project
 panel saves; created when missing) and records the change for Undo / Redo; Reject drops it.
 
-Prompting is a hook: :meth:`CorrectionWidget.set_backend` takes an object following
-:class:`._correction.CorrectionBackend` (SAM, from ``core/sam``, is being built separately).
-"Refine with prompts" then sends the image, the proposal and the clicks of the
-``<image> prompts`` points layer (positive by default; tick "negative clicks" for
-background) to the backend in a worker thread. Without a backend the button is disabled.
+Prompting: the SAM picker (``_sam_models.SamModelBox``, ``lesion-sam-tiny`` by default)
+loads a model in a worker and registers it with :meth:`CorrectionWidget.set_backend` (any
+object following :class:`._correction.CorrectionBackend` works). With a backend, Start adds
+two prompt layers: ``<image> prompts`` (points; positive = lesion in green, tick "negative
+clicks" for background, magenta) and ``<image> box`` (shapes; draw one rectangle). Every
+finished change of either layer (add, move, delete) restarts a 120 ms debounce timer; when
+it fires, the image, the start mask and all prompts of the slice go to the backend in a
+worker thread (:meth:`CorrectionWidget.refine` does the same at once). One request runs at
+a time: a change during a request queues one more, and a result whose prompts have changed
+since it was asked for is dropped (stale). The start mask is the proposal as it was before
+the first prompt (brush edits made before prompting count), so removing every prompt
+restores it; brush edits after a prompt are replaced by the next prompt's mask.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,23 +39,32 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lesion_diffkd.plugin._correction import START_SOURCES, LabelHistory
+from napari_lesion_diffkd.plugin._sam_models import SamModelBox
 
 if TYPE_CHECKING:
     import napari
 
-NO_BACKEND = "prompt model: none registered (SAM prompting is added by core/sam)"
+NO_BACKEND = "prompt model: none (choose a SAM above)"
+DEBOUNCE_MS = 120  # quiet time after a prompt change before SAM runs (a drag ends, a click)
+_DONE_ACTIONS = ("added", "removed", "changed")  # napari data-event actions worth a request
 
 
 class CorrectionWidget(QWidget):
-    """Start / refine / accept / reject / undo / redo on one image's labels.
+    """Start / prompt / accept / reject / undo / redo on one image's labels.
+
+    Args:
+        napari_viewer: the viewer.
+        autoload_sam: load the default SAM (``lesion-sam-tiny``) when the panel opens.
 
     Public attributes used by tests and scripts: ``image_combo``, ``source_combo``,
-    ``sample_spin``, ``start_button``, ``refine_button``, ``negative_check``,
-    ``accept_button``, ``reject_button``, ``undo_button``, ``redo_button``, ``status``,
-    ``backend``, ``history``, ``worker``.
+    ``sample_spin``, ``start_button``, ``sam_models`` (:class:`SamModelBox`),
+    ``live_check``, ``refine_button``, ``negative_check``, ``accept_button``,
+    ``reject_button``, ``undo_button``, ``redo_button``, ``status``, ``backend``,
+    ``history``, ``worker`` (the running prompt request), ``proposals`` (backend answers
+    shown), ``dropped`` (stale answers dropped), ``is_busy``.
     """
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer, autoload_sam: bool = True) -> None:
         super().__init__()
         from napari_lesion_diffkd.plugin._context import app_context
 
@@ -55,8 +73,15 @@ class CorrectionWidget(QWidget):
         self.backend: Any = None
         self.history = LabelHistory()
         self.worker: Any = None
+        self.proposals = 0
+        self.dropped = 0
         self._refined = False
         self._history_target: Any = None
+        self._base: np.ndarray | None = None  # the start mask the prompts refine
+        self._generation = 0  # bumped by every prompt change; older answers are stale
+        self._pending = False
+        self._epoch = 0  # bumped by Start / Accept / Reject: answers for older proposals drop
+        self._inflight: tuple = ()  # what the running request was asked with
 
         self.image_combo = QComboBox()
         self.source_combo = QComboBox()
@@ -64,9 +89,12 @@ class CorrectionWidget(QWidget):
         self.sample_spin = QSpinBox()
         self.sample_spin.setRange(1, 64)
         self.start_button = QPushButton("Start proposal")
+        self.sam_models = SamModelBox(self.context, autoload=autoload_sam)
         self.backend_label = QLabel(NO_BACKEND)
         self.backend_label.setWordWrap(True)
-        self.negative_check = QCheckBox("negative clicks")
+        self.live_check = QCheckBox("live: update the mask as prompts change")
+        self.live_check.setChecked(True)
+        self.negative_check = QCheckBox("negative clicks (background)")
         self.refine_button = QPushButton("Refine with prompts")
         self.refine_button.setEnabled(False)
         self.accept_button = QPushButton("Accept")
@@ -80,17 +108,22 @@ class CorrectionWidget(QWidget):
         form.addRow("image", self.image_combo)
         form.addRow("start from", self.source_combo)
         form.addRow("sample", self.sample_spin)
+        form.addRow("SAM", self.sam_models)
         grid = QGridLayout()
         grid.addWidget(self.accept_button, 0, 0)
         grid.addWidget(self.reject_button, 0, 1)
         grid.addWidget(self.undo_button, 1, 0)
         grid.addWidget(self.redo_button, 1, 1)
         layout = QVBoxLayout(self)
-        for item in (form, self.start_button, self.backend_label, self.negative_check,
-                     self.refine_button, grid, self.status):
+        for item in (form, self.start_button, self.backend_label, self.live_check,
+                     self.negative_check, self.refine_button, grid, self.status):
             (layout.addLayout if not isinstance(item, QWidget) else layout.addWidget)(item)
         layout.addStretch(1)
 
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._propose)
         self.start_button.clicked.connect(self.start)
         self.refine_button.clicked.connect(self.refine)
         self.accept_button.clicked.connect(self.accept)
@@ -98,6 +131,8 @@ class CorrectionWidget(QWidget):
         self.undo_button.clicked.connect(self.undo)
         self.redo_button.clicked.connect(self.redo)
         self.negative_check.toggled.connect(self._on_negative)
+        self.sam_models.loaded.connect(self.set_backend)
+        self.sam_models.failed.connect(self.status.setText)
         self.image_combo.currentTextChanged.connect(lambda _: self.history.clear())
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.refresh_images)
@@ -107,15 +142,25 @@ class CorrectionWidget(QWidget):
     # -- hook ----------------------------------------------------------------------------
     def set_backend(self, backend: Any) -> None:
         """Register a prompt backend (see :class:`._correction.CorrectionBackend`); None
-        removes it."""
+        removes it. An open proposal gets its prompt layers."""
         self.backend = backend
         self.backend_label.setText(NO_BACKEND if backend is None
                                    else f"prompt model: {backend.name}")
+        image = self._image(quiet=True)
+        if backend is not None and image is not None and self._proposal(image) is not None:
+            self._prompts(image, create=True)
+            self._boxes(image, create=True)
         self._sync_buttons()
+
+    @property
+    def is_busy(self) -> bool:
+        """A prompt request runs or waits for its debounce."""
+        return self.worker is not None or self._debounce.isActive() or self._pending
 
     # -- actions -------------------------------------------------------------------------
     def start(self) -> Any:
-        """Create (or reset) the proposal layer from the chosen start; returns it."""
+        """Create (or reset) the proposal layer from the chosen start, and clear the
+        prompts; returns the proposal layer."""
         from napari_lesion_diffkd.plugin._correction import start_mask
         from napari_lesion_diffkd.plugin._layer_ops import find_managed
         from napari_lesion_diffkd.plugin._layers import model_meta
@@ -134,6 +179,14 @@ class CorrectionWidget(QWidget):
         except ValueError as exc:
             self.status.setText(str(exc))
             return None
+        prompts, boxes = self._prompts(image, create=False), self._boxes(image, create=False)
+        if prompts is not None and len(prompts.data):
+            prompts.data = np.zeros((0, image.ndim))
+        if boxes is not None and len(boxes.data):
+            boxes.data = []
+        self._debounce.stop()  # a new start: no request for the old prompts
+        self._pending = False
+        self._epoch += 1
         layer = self._proposal(image)
         if layer is None:
             layer = self.viewer.add_labels(
@@ -144,53 +197,23 @@ class CorrectionWidget(QWidget):
                 metadata=model_meta("proposal", image.name, "correction"))
         else:
             layer.data = mask
+        self._base = mask.copy()
         self._refined = False
+        active = layer  # ready for the brush
         if self.backend is not None:
-            self._prompts(image, create=True)
-        self.viewer.layers.selection.active = layer  # ready for the brush, too
-        self.status.setText(f"proposal from {self.source_combo.currentText()}: edit it, "
-                            "refine it, then Accept or Reject")
+            self._boxes(image, create=True)
+            active = self._prompts(image, create=True)  # ready for clicks
+        self.viewer.layers.selection.active = active
+        self.status.setText(f"proposal from {self.source_combo.currentText()}: "
+                            + ("click points or draw a box, " if self.backend else "")
+                            + "edit it, then Accept or Reject")
         self._sync_buttons()
         return layer
 
     def refine(self) -> None:
-        """Send image, proposal and clicks to the backend (worker thread)."""
-        from napari_lesion_diffkd.plugin._correction import CorrectionRequest
-        from napari_lesion_diffkd.plugin._layer_ops import current_slice
-        from napari_lesion_diffkd.plugin._workers import start_function_worker
-
-        image = self._image()
-        proposal = None if image is None else self._proposal(image)
-        if self.backend is None or proposal is None or self.worker is not None:
-            return
-        z = current_slice(self.viewer, image) if image.ndim == 3 else None
-        pixels = np.asarray(image.data if z is None else image.data[z])
-        start = np.asarray(proposal.data if z is None else proposal.data[z]) > 0
-        prompts = self._prompts(image, create=False)
-        points = np.zeros((0, 2)) if prompts is None else np.asarray(prompts.data)[:, -2:]
-        labels = np.ones(len(points), int) if prompts is None or not len(points) else \
-            np.asarray(prompts.features["positive"], bool).astype(int)
-        if z is not None and prompts is not None and len(points):  # this slice's clicks only
-            keep = np.round(np.asarray(prompts.data)[:, 0]).astype(int) == z
-            points, labels = points[keep], labels[keep]
-        request = CorrectionRequest(pixels, start, points, labels, key=(image.name, z))
-        backend = self.backend
-
-        def done(mask: Any) -> None:
-            mask = np.asarray(mask, bool).astype(np.uint8)
-            if z is None:
-                proposal.data = mask
-            else:
-                proposal.data[z] = mask
-                proposal.refresh()
-            self._refined = True
-            self.status.setText(f"refined by {backend.name}: Accept or Reject")
-
-        self.status.setText(f"asking {backend.name}...")
-        self.worker = start_function_worker(
-            lambda: backend.propose(request), on_result=done,
-            on_error=lambda exc: self.status.setText(f"prompt model failed: {exc}"),
-            on_finished=self._worker_done)
+        """Send the image, the start mask and the prompts to the backend now."""
+        self._debounce.stop()
+        self._propose()
 
     def accept(self) -> Any:
         """Copy the proposal into the target label layer (undoable); returns the target."""
@@ -230,6 +253,74 @@ class CorrectionWidget(QWidget):
         """Re-apply the last undone accept."""
         self._apply_history(self.history.redo(), "redo")
 
+    # -- prompting -----------------------------------------------------------------------
+    def _on_prompt_change(self, event: Any = None) -> None:
+        action = getattr(event, "action", None)
+        if action is not None and str(getattr(action, "value", action)) not in _DONE_ACTIONS:
+            return  # "adding", "changing": the change is not finished yet
+        self._generation += 1
+        if self.backend is not None and self.live_check.isChecked():
+            self._debounce.start()  # restarts: one request per quiet period
+
+    def _propose(self) -> None:
+        from napari_lesion_diffkd.plugin._layer_ops import current_slice
+        from napari_lesion_diffkd.plugin._sam_request import build_request
+        from napari_lesion_diffkd.plugin._workers import start_function_worker
+
+        image = self._image(quiet=True)
+        proposal = None if image is None else self._proposal(image)
+        if self.backend is None or proposal is None:
+            return
+        if self.worker is not None:
+            self._pending = True  # asked again when the running request ends
+            return
+        if not self._refined or self._base is None or self._base.shape != proposal.data.shape:
+            self._base = np.array(proposal.data, copy=True)  # brush edits before prompting
+        z = current_slice(self.viewer, image) if image.ndim == 3 else None
+        request = build_request(image, self._base, self._prompts(image, create=False),
+                                self._boxes(image, create=False), z)
+        if not len(request.points) and request.box is None:  # every prompt removed
+            if not np.array_equal(proposal.data, self._base):
+                proposal.data = self._base.copy()
+            self._refined = False
+            self.status.setText("no prompts: back to the start mask")
+            return
+        backend = self.backend
+        self._inflight = (backend, proposal, z, self._generation, self._epoch,
+                          self.live_check.isChecked())
+        # Bound methods, not closures: Qt drops them if this panel is deleted first.
+        self.worker = start_function_worker(lambda: backend.propose(request),
+                                            on_result=self._on_proposed,
+                                            on_error=self._on_propose_error,
+                                            on_finished=self._worker_done)
+
+    def _on_proposed(self, mask: Any) -> None:
+        backend, proposal, z, generation, epoch, live = self._inflight
+        if (epoch != self._epoch or proposal not in self.viewer.layers
+                or (live and generation != self._generation)):
+            self.dropped += 1  # stale: the prompts or the proposal changed meanwhile
+            return
+        mask = np.asarray(mask, bool).astype(proposal.data.dtype)
+        if z is None:
+            proposal.data = mask
+        else:
+            proposal.data[z] = mask
+            proposal.refresh()
+        self._refined = True
+        self.proposals += 1
+        last = getattr(backend, "last", None)
+        score = f" (predicted IoU {last.score:.2f})" if last is not None else ""
+        self.status.setText(f"refined by {backend.name}{score}: Accept or Reject")
+
+    def _on_propose_error(self, exc: BaseException) -> None:
+        self.status.setText(f"prompt model failed: {exc}")
+
+    def _worker_done(self) -> None:
+        self.worker = None
+        if self._pending:
+            self._pending = False
+            self._propose()
+
     # -- internals -----------------------------------------------------------------------
     def refresh_images(self, *_: Any) -> None:
         """List the viewer's own image layers."""
@@ -237,10 +328,11 @@ class CorrectionWidget(QWidget):
 
         refresh_image_combo(self.image_combo, self.viewer)
 
-    def _image(self) -> Any:
+    def _image(self, quiet: bool = False) -> Any:
         name = self.image_combo.currentText()
         if name not in self.viewer.layers:
-            self.status.setText("select an image layer first")
+            if not quiet:
+                self.status.setText("select an image layer first")
             return None
         return self.viewer.layers[name]
 
@@ -258,9 +350,26 @@ class CorrectionWidget(QWidget):
             layer = self.viewer.add_points(
                 np.zeros((0, image.ndim)), name=f"{image.name} prompts", scale=image.scale,
                 translate=image.translate, size=8, features={"positive": np.zeros(0, bool)},
-                feature_defaults={"positive": True},
+                feature_defaults={"positive": not self.negative_check.isChecked()},
+                face_color="positive", face_color_cycle={True: "lime", False: "magenta"},
                 metadata=model_meta("prompts", image.name, "correction"))
             layer.mode = "add"
+            layer.events.data.connect(self._on_prompt_change)
+            layer.events.features.connect(self._on_prompt_change)
+        return layer
+
+    def _boxes(self, image: Any, create: bool) -> Any:
+        from napari_lesion_diffkd.plugin._layer_ops import find_managed
+        from napari_lesion_diffkd.plugin._layers import model_meta
+
+        layer = find_managed(self.viewer, image.name, "box", "correction")
+        if layer is None and create:
+            layer = self.viewer.add_shapes(
+                ndim=image.ndim, name=f"{image.name} box", scale=image.scale,
+                translate=image.translate, edge_color="yellow", face_color="transparent",
+                edge_width=2, metadata=model_meta("box", image.name, "correction"))
+            layer.mode = "add_rectangle"
+            layer.events.data.connect(self._on_prompt_change)
         return layer
 
     def _target(self, image: Any) -> Any:
@@ -294,18 +403,20 @@ class CorrectionWidget(QWidget):
         self._sync_buttons()
 
     def _drop_proposal(self, image: Any) -> None:
-        for layer in (self._proposal(image), self._prompts(image, create=False)):
+        self._debounce.stop()
+        self._pending = False
+        self._epoch += 1  # an answer on its way has nowhere to go
+        self._base = None
+        for layer in (self._proposal(image), self._prompts(image, create=False),
+                      self._boxes(image, create=False)):
             if layer is not None:
                 self.viewer.layers.remove(layer)
 
     def _on_negative(self, negative: bool) -> None:
-        image = self._image() if self.image_combo.currentText() else None
+        image = self._image(quiet=True)
         prompts = None if image is None else self._prompts(image, create=False)
         if prompts is not None:
             prompts.feature_defaults = {"positive": not negative}
-
-    def _worker_done(self) -> None:
-        self.worker = None
 
     def _sync_buttons(self) -> None:
         self.refine_button.setEnabled(self.backend is not None)

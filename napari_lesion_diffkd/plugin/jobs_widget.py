@@ -1,5 +1,5 @@
-"""Dock widget "Jobs": launch fine-tune / distill / pseudo-label / score jobs of the open
-project as separate processes, and watch them.
+"""Dock widget "Jobs": launch fine-tune / distill / pseudo-label / score / loop-round jobs
+of the open project as separate processes, and watch them.
 
 A job is a row of the project's queue (``core.store``) run by ``lesion-diffkd job run`` in
 its own process (:func:`core.job_runner.start_job_process`), so training never competes with
@@ -9,7 +9,9 @@ and the loss / validation-Dice curve from the trainer's JSONL log. Cancel runs
 :func:`core.job_runner.cancel_job` (flag, SIGTERM, then SIGKILL after a grace period) in a
 worker thread, as it may wait for the process; Resume runs a failed or cancelled job again
 (training continues from its checkpoint). A finished training job registers its model in
-the project, and every model picker of the viewer lists it at once.
+the project, and every model picker of the viewer lists it at once. A loop round (teacher
+fine-tune, pseudo-labels, student distillation, scoring, queue) plots the teacher's and
+then the student's curves, and registers both models.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class JobsWidget(QWidget):
         self.processes: dict[int, Any] = {}
         self.jobs: dict[int, Any] = {}
         self.selected_id: int | None = None
-        self._tail: Any = None
+        self._tails: dict[str, Any] = {}  # series prefix -> TrainLogTail of the selected job
         self._cancel_workers: list[Any] = []
 
         self.form = JobsForm(self.context)
@@ -205,7 +207,7 @@ class JobsWidget(QWidget):
 
     # -- internals -----------------------------------------------------------------------
     def _on_project(self, path: Any) -> None:
-        self.jobs, self.selected_id, self._tail = {}, None, None
+        self.jobs, self.selected_id, self._tails = {}, None, {}
         self.table.setRowCount(0)
         self.plot.clear()
         self.log_view.clear()
@@ -242,12 +244,18 @@ class JobsWidget(QWidget):
             self._select(int(self.table.item(rows[0].row(), 0).text()))
 
     def _select(self, job_id: int) -> None:
-        from napari_lesion_diffkd.plugin._job_log import TrainLogTail, train_log_path
+        from napari_lesion_diffkd.plugin._job_log import LOG_NAME, TrainLogTail, train_log_path
 
         if job_id == self.selected_id:
             return
         self.selected_id = job_id
-        self._tail = TrainLogTail(train_log_path(self.context.project_path, job_id))
+        job = self.jobs.get(job_id)
+        if job is not None and job.type == "loop-round":  # two trainings, in sub-folders
+            folder = train_log_path(self.context.project_path, job_id).parents[1]
+            self._tails = {f"{part} ": TrainLogTail(folder / part / "run" / LOG_NAME)
+                           for part in ("teacher", "student")}
+        else:
+            self._tails = {"": TrainLogTail(train_log_path(self.context.project_path, job_id))}
         self.plot.clear()
         self.log_view.clear()
         self._show_detail()
@@ -265,17 +273,23 @@ class JobsWidget(QWidget):
             self.log_view.setPlainText(text)
             bar = self.log_view.verticalScrollBar()
             bar.setValue(bar.maximum())
-        if self._tail is not None and self._tail.read_new():
-            self.plot.set_series("loss", self._tail.loss)
-            self.plot.set_series("val Dice", self._tail.val_dice)
+        for prefix, tail in self._tails.items():
+            if tail.read_new():
+                self.plot.set_series(f"{prefix}loss", tail.loss)
+                self.plot.set_series(f"{prefix}val Dice", tail.val_dice)
         self.cancel_button.setEnabled(job.status in ("queued", "running"))
         self.resume_button.setEnabled(job.status in ("failed", "cancelled"))
 
     def _on_ended(self, job: Any) -> None:
-        model = (job.result or {}).get("model") if job.status == "done" else None
+        result = (job.result or {}) if job.status == "done" else {}
+        models = [result[k] for k in ("model", "teacher", "student")
+                  if isinstance(result.get(k), str)]
         if job.status == "done":
             # Training and loop-round jobs register models: every picker re-reads them.
             self.context.models_changed.emit()
-        note = f"; model {model} is ready in the model pickers" if model else ""
+        note = (f"; model{'s' if len(models) > 1 else ''} {', '.join(models)} ready in the "
+                "model pickers" if models else "")
+        if job.type == "loop-round" and "queue" in result:
+            note += f"; annotation queue re-ranked ({result['queue']} images)"
         self.status.setText(f"job {job.id} ({job.type}) {job.status}{note}")
         self.context.job_finished.emit(job)

@@ -74,7 +74,7 @@ def test_correction_start_accept_reject_undo_redo_and_hook(viewer, ph2_image, qt
     seg.run()
     wait_idle(qtbot, seg)
     consensus, samples = seg.last_layers["consensus"], seg.last_layers["samples"]
-    w = CorrectionWidget(viewer)
+    w = CorrectionWidget(viewer, autoload_sam=False)  # a stand-in backend below, not SAM
     viewer.window.add_dock_widget(w)
     assert w.backend_label.text() == NO_BACKEND and not w.refine_button.isEnabled()
 
