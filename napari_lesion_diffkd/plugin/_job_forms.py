@@ -19,11 +19,16 @@ loop round     loop-round   ``teacher`` = the picked model; ``student`` = the pi
                             ``steps`` / ``minutes`` / ``overrides`` go to both models'
                             training (``teacher_overrides``, ``student_overrides``); see
                             ``core/active_learning/loop.py``
+SAM fine-tune  sam-finetune ``sam_config`` = the picked SAM's own training config
+                            (bundle provenance), else the ``SamTrainConfig`` defaults,
+                            with ``base`` = the pick and ``lora_rank`` = the form's;
+                            or the given file (see ``_sam_job_form.py``)
 =============  ===========  ==========================================================
 
 Training kinds train on the project's human labels unless ``data`` is given. ``steps``
 shortens a run (validation, checkpoints and warm-up are clipped to fit); ``minutes`` sets
-its wall-clock budget; ``overrides`` is any further ``TrainConfig`` field.
+its wall-clock budget; ``overrides`` is any further ``TrainConfig`` (for SAM:
+``SamTrainConfig``) field.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ JOB_KINDS: dict[str, str] = {
     "score": "score",
     "train": "train",
     "loop round": "loop-round",
+    "SAM fine-tune": "sam-finetune",
 }
-TRAINING_KINDS = ("fine-tune", "train", "distill")
+TRAINING_KINDS = ("fine-tune", "train", "distill", "SAM fine-tune")
 #: Default confidence threshold of a loop round (``core/active_learning/loop.py``).
 LOOP_THRESHOLD = 0.1
 
@@ -64,6 +70,8 @@ class JobForm:
         student: loop round: the student's load target (ignored when ``config_path``
             gives a student config: a new student).
         threshold: loop round: the confidence threshold of pseudo labels.
+        lora_rank: SAM fine-tune: 0 trains every parameter; > 0 LoRA adapters of this
+            rank on q/v of the image encoder, base frozen.
     """
 
     kind: str
@@ -79,6 +87,7 @@ class JobForm:
     data: str | None = None
     student: str | None = None
     threshold: float = LOOP_THRESHOLD
+    lora_rank: int = 0
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -113,6 +122,8 @@ def build_job(form: JobForm) -> tuple[str, dict[str, Any]]:
         return JOB_KINDS[form.kind], config
     if form.kind == "loop round":
         return JOB_KINDS[form.kind], {**config, **_loop_config(form)}
+    if form.kind == "SAM fine-tune":
+        return JOB_KINDS[form.kind], {**config, **_sam_config(form)}
     base = _base_config(form)
     overrides = dict(short_run_overrides(base, form.steps))
     if form.minutes:
@@ -162,6 +173,47 @@ def _loop_config(form: JobForm) -> dict[str, Any]:
     return config
 
 
+def _sam_config(form: JobForm) -> dict[str, Any]:
+    """The ``sam-finetune`` keys of a SAM fine-tune form (see the module docstring)."""
+    from napari_lesion_diffkd.plugin._sam_job_form import check_sam_config, sam_start_config
+
+    if not form.model:
+        raise ValueError("a SAM fine-tune job needs the SAM to start from")
+    if form.lora_rank < 0:
+        raise ValueError(f"LoRA rank {form.lora_rank} is negative (0: full fine-tune)")
+    if form.config_path:
+        fields = _read_config_file(form.config_path)
+    else:
+        fields = sam_start_config(form.model)
+        if form.lora_rank and not str(fields["name"]).endswith("-lora"):
+            # Adapters are a version of their own kind (a partial bundle that needs its
+            # base, and cannot be fine-tuned again): say so in the name.
+            fields["name"] = f"{fields['name']}-lora"
+    fields.update(base=form.model, lora_rank=int(form.lora_rank))
+    overrides = dict(short_run_overrides(fields, form.steps))
+    if form.minutes:
+        overrides["max_minutes"] = float(form.minutes)
+    overrides.update(form.overrides)
+    check_sam_config(fields, overrides)
+    config: dict[str, Any] = {"sam_config": fields, "overrides": overrides}
+    if form.data:
+        config["data"] = form.data
+    return config
+
+
+def _read_config_file(path_text: str) -> dict[str, Any]:
+    """A YAML/JSON config file as a dict; ValueError when missing or not a mapping."""
+    import yaml
+
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    value = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"config file {path} is not a mapping of fields")
+    return value
+
+
 def _model_train_config(model: str) -> dict[str, Any]:
     """A bundle's own training config (provenance), {} when it stores none."""
     from napari_lesion_diffkd.core.bundle import read_config
@@ -173,13 +225,8 @@ def _model_train_config(model: str) -> dict[str, Any]:
 
 def _base_config(form: JobForm) -> dict[str, Any]:
     """The TrainConfig fields the job will start from (to fit ``steps`` into them)."""
-    import yaml
-
     if form.config_path:
-        path = Path(form.config_path).expanduser()
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        return yaml.safe_load(path.read_text()) or {}
+        return _read_config_file(form.config_path)
     if form.kind != "fine-tune":
         raise ValueError(f"a {form.kind} job needs a config file (a TrainConfig YAML)")
     if not form.model:

@@ -2,7 +2,9 @@
 
 The trainer appends one JSON object per line to ``<project>/jobs/<id>/run/train_log.jsonl``
 (``core.training.trainer``): ``{"step", "loss", "lr", "seconds"}`` every 10 steps and
-``{"step", "val_dice", "val_hd95", ...}`` after each validation. :class:`TrainLogTail` reads
+``{"step", "val_dice", "val_hd95", ...}`` after each validation (the SAM trainer,
+``core.sam.training``, logs ``val_score`` instead: read with ``val_key="val_score"``).
+:class:`TrainLogTail` reads
 only the bytes added since its last call and only complete lines, so polling it twice a
 second costs next to nothing and never sees half a line.
 """
@@ -23,11 +25,13 @@ class TrainLogTail:
 
     Attributes:
         loss: ``[(step, loss), ...]`` (the trainer's running EMA of the loss).
-        val_dice: ``[(step, dice), ...]``.
+        val_dice: ``[(step, value), ...]`` of the validation key ``val_key`` (``val_dice``
+            unless given).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, val_key: str = "val_dice") -> None:
         self.path = Path(path)
+        self.val_key = val_key
         self.loss: list[tuple[int, float]] = []
         self.val_dice: list[tuple[int, float]] = []
         self._offset = 0
@@ -55,8 +59,8 @@ class TrainLogTail:
                 continue
             if "loss" in entry:
                 self.loss.append((int(entry["step"]), float(entry["loss"])))
-            if "val_dice" in entry:
-                self.val_dice.append((int(entry["step"]), float(entry["val_dice"])))
+            if self.val_key in entry:
+                self.val_dice.append((int(entry["step"]), float(entry[self.val_key])))
         return len(self.loss) + len(self.val_dice) > before
 
 

@@ -25,16 +25,22 @@ from napari_lesion_diffkd.plugin._job_forms import (
     parse_overrides,
 )
 from napari_lesion_diffkd.plugin._model_picker import ModelPicker
+from napari_lesion_diffkd.plugin._sam_picker import CHECKPOINT, SamPicker
 
 MODEL_ROW_TITLES = {"fine-tune": "start from", "distill": "teacher", "pseudo-label": "model",
                     "score": "model", "train": "model", "loop round": "teacher"}
 #: Kinds whose form has steps / minutes / overrides (a loop round trains two models).
 STEPPED_KINDS = (*TRAINING_KINDS, "loop round")
+SAM_KIND = "SAM fine-tune"
+#: LoRA rank suggested when a SAM is picked: the small bundles train fully, an official
+#: SAM (94M+ parameters) gets adapters on q/v with its base frozen.
+SUGGESTED_LORA_RANK = {CHECKPOINT: 4}
 
 
 class JobsForm(QWidget):
     """Kind, model, config file, steps, minutes, images, K, device, threads, overrides;
-    a loop round adds the student and the confidence threshold."""
+    a loop round adds the student and the confidence threshold; a SAM fine-tune picks a SAM
+    (``sam_picker``) instead of a diffusion model and adds the LoRA rank."""
 
     def __init__(self, context: Any) -> None:
         super().__init__()
@@ -42,6 +48,14 @@ class JobsForm(QWidget):
         self.kind_combo.addItems(list(JOB_KINDS))
         self.picker = ModelPicker(context, roles=("teacher", "student", "baseline"))
         self.student_picker = ModelPicker(context, roles=("student",))
+        self.sam_picker = SamPicker(context)
+        self.lora_spin = QSpinBox()
+        self.lora_spin.setRange(0, 256)
+        self.lora_spin.setSpecialValueText("0 (full fine-tune)")
+        self.lora_spin.setToolTip(
+            "0: every parameter trains (the small lesion-sam-tiny); > 0: LoRA adapters of "
+            "this rank on q/v of the image encoder, base frozen (the choice for an official "
+            "SAM). Picking a SAM sets the suggested rank.")
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setDecimals(3)
@@ -79,6 +93,8 @@ class JobsForm(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("job", self.kind_combo)
         form.addRow("start from", self.picker)
+        form.addRow("start from", self.sam_picker)
+        form.addRow("LoRA rank", self.lora_spin)
         form.addRow("student", self.student_picker)
         form.addRow("config", config_row)
         form.addRow("steps", self.steps_spin)
@@ -92,25 +108,33 @@ class JobsForm(QWidget):
         self._form = form
         self.kind_combo.currentTextChanged.connect(self._on_kind)
         self.config_button.clicked.connect(self._browse)
+        self.sam_picker.changed.connect(self._on_sam_pick)
         self._on_kind(self.kind_combo.currentText())
 
     def job_form(self) -> JobForm:
         """The filled-in :class:`JobForm`; ValueError for unparsable overrides."""
+        kind = self.kind_combo.currentText()
         entry = self.picker.current()
         student = self.student_picker.current()
+        model = self.sam_picker.current_target() if kind == SAM_KIND else \
+            entry.target if entry else None
         return JobForm(
-            kind=self.kind_combo.currentText(), model=entry.target if entry else None,
+            kind=kind, model=model,
             config_path=self.config_edit.text().strip() or None,
             steps=self.steps_spin.value(), minutes=self.minutes_spin.value(),
             images=self.images_combo.currentText(), num_samples=self.samples_spin.value(),
             device=self.device_combo.currentText(), threads=self.threads_spin.value(),
             overrides=parse_overrides(self.overrides_edit.text()),
             student=student.target if student else None,
-            threshold=self.threshold_spin.value())
+            threshold=self.threshold_spin.value(), lora_rank=self.lora_spin.value())
 
     def _on_kind(self, kind: str) -> None:
-        training, loop = kind in TRAINING_KINDS, kind == "loop round"
-        self._show(self.picker, kind != "train", MODEL_ROW_TITLES.get(kind, "model"))
+        training, loop, sam = kind in TRAINING_KINDS, kind == "loop round", kind == SAM_KIND
+        self._show(self.picker, kind != "train" and not sam, MODEL_ROW_TITLES.get(kind, "model"))
+        self._show(self.sam_picker, sam)
+        self._show(self.lora_spin, sam)
+        if sam:
+            self.sam_picker.activate()  # list the SAMs (not before: most users never ask)
         self._show(self.student_picker, loop)
         self._show(self.threshold_spin, loop)
         self._show(self.config_edit, training or loop, "student config" if loop else "config")
@@ -120,8 +144,12 @@ class JobsForm(QWidget):
         self._show(self.samples_spin, not training)
         self.config_edit.setPlaceholderText(
             "the model's own training config" if kind == "fine-tune" else
+            "the SAM's own training config (or a SamTrainConfig YAML)" if sam else
             "the student's own config; a file here starts a new student" if loop else
             "a TrainConfig YAML (required)" if training else "")
+
+    def _on_sam_pick(self, _label: str, kind: str) -> None:
+        self.lora_spin.setValue(SUGGESTED_LORA_RANK.get(kind, 0))
 
     def _show(self, widget: QWidget, visible: bool, title: str | None = None) -> None:
         field = self._config_row if widget is self.config_edit else widget

@@ -1,5 +1,5 @@
-"""Dock widget "Jobs": launch fine-tune / distill / pseudo-label / score / loop-round jobs
-of the open project as separate processes, and watch them.
+"""Dock widget "Jobs": launch fine-tune / distill / pseudo-label / score / loop-round /
+SAM fine-tune jobs of the open project as separate processes, and watch them.
 
 A job is a row of the project's queue (``core.store``) run by ``lesion-diffkd job run`` in
 its own process (:func:`core.job_runner.start_job_process`), so training never competes with
@@ -11,7 +11,10 @@ worker thread, as it may wait for the process; Resume runs a failed or cancelled
 (training continues from its checkpoint). A finished training job registers its model in
 the project, and every model picker of the viewer lists it at once. A loop round (teacher
 fine-tune, pseudo-labels, student distillation, scoring, queue) plots the teacher's and
-then the student's curves, and registers both models.
+then the student's curves, and registers both models. A SAM fine-tune plots its loss and
+validation score (mean of box Dice and the Dice after a corrective click, see
+``core.sam.training``) and registers a promptable model, which the correction panel's SAM
+list (``_sam_models.SamModelBox``, refreshed by ``models_changed``) then offers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_lesion_diffkd.plugin._job_forms import TRAINING_KINDS
 from napari_lesion_diffkd.plugin._jobs_form import JobsForm
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class JobsWidget(QWidget):
         self.jobs: dict[int, Any] = {}
         self.selected_id: int | None = None
         self._tails: dict[str, Any] = {}  # series prefix -> TrainLogTail of the selected job
+        self._val_label = "val Dice"  # the selected job's validation series
         self._cancel_workers: list[Any] = []
 
         self.form = JobsForm(self.context)
@@ -119,9 +124,15 @@ class JobsWidget(QWidget):
             self.status.setText("open a project first (Annotation project panel)")
             return None
         try:
-            job_type, config = build_job(self.form.job_form())
+            form = self.form.job_form()
+            job_type, config = build_job(form)
         except Exception as exc:  # ValueError, BundleError, UnknownModelError: say why
             self.status.setText(f"cannot launch: {exc}")
+            return None
+        if form.kind in TRAINING_KINDS and not form.data and not _has_human_labels(store):
+            # The job would only fail at its start (core.store.tasks.train._data_folders).
+            self.status.setText("cannot launch: the project has no human labels to train on "
+                                "(save a corrected label first)")
             return None
         job = store.jobs.submit(job_type, config)
         env = {"OMP_NUM_THREADS": str(config["threads"])} if config.get("threads") else None
@@ -250,7 +261,12 @@ class JobsWidget(QWidget):
             return
         self.selected_id = job_id
         job = self.jobs.get(job_id)
-        if job is not None and job.type == "loop-round":  # two trainings, in sub-folders
+        self._val_label = "val Dice"
+        if job is not None and job.type == "sam-finetune":  # its own validation key
+            self._val_label = "val score"
+            self._tails = {"": TrainLogTail(train_log_path(self.context.project_path, job_id),
+                                            val_key="val_score")}
+        elif job is not None and job.type == "loop-round":  # two trainings, in sub-folders
             folder = train_log_path(self.context.project_path, job_id).parents[1]
             self._tails = {f"{part} ": TrainLogTail(folder / part / "run" / LOG_NAME)
                            for part in ("teacher", "student")}
@@ -276,7 +292,7 @@ class JobsWidget(QWidget):
         for prefix, tail in self._tails.items():
             if tail.read_new():
                 self.plot.set_series(f"{prefix}loss", tail.loss)
-                self.plot.set_series(f"{prefix}val Dice", tail.val_dice)
+                self.plot.set_series(f"{prefix}{self._val_label}", tail.val_dice)
         self.cancel_button.setEnabled(job.status in ("queued", "running"))
         self.resume_button.setEnabled(job.status in ("failed", "cancelled"))
 
@@ -287,9 +303,17 @@ class JobsWidget(QWidget):
         if job.status == "done":
             # Training and loop-round jobs register models: every picker re-reads them.
             self.context.models_changed.emit()
+        where = "correction panel's SAM list" if job.type == "sam-finetune" else "model pickers"
         note = (f"; model{'s' if len(models) > 1 else ''} {', '.join(models)} ready in the "
-                "model pickers" if models else "")
+                f"{where}" if models else "")
         if job.type == "loop-round" and "queue" in result:
             note += f"; annotation queue re-ranked ({result['queue']} images)"
         self.status.setText(f"job {job.id} ({job.type}) {job.status}{note}")
         self.context.job_finished.emit(job)
+
+
+def _has_human_labels(store: Any) -> bool:
+    """Whether any image has a human or SAM-assisted label (what training jobs export)."""
+    from napari_lesion_diffkd.core.store.records import HUMAN_KINDS
+
+    return any(store.label_versions(kind=kind) for kind in HUMAN_KINDS)
