@@ -142,7 +142,8 @@ def ensemble_chain(bundle, sampler, cond: torch.Tensor, seeds: list[int]):
         cond: (1, C, S, S) float32 prepared image. ``seeds``: K per-sample seeds.
 
     Returns:
-        ((1, S, S) bool consensus, (1, S, S) float32 uncertainty).
+        ((1, S, S) bool consensus, (1, S, S) float32 uncertainty, (1, K, S, S) float32 x0
+        maps in [-1, 1]).
     """
     from napari_lesion_diffkd.core.ensemble.fusion import fuse_samples
     from napari_lesion_diffkd.core.ensemble.uncertainty import uncertainty_map
@@ -151,7 +152,7 @@ def ensemble_chain(bundle, sampler, cond: torch.Tensor, seeds: list[int]):
     x0 = run_to_completion(sampler.sample(bundle.network, cond, len(seeds), seeds=seeds))
     maps = x0[:, :, 0]  # (1, K, S, S)
     unc = uncertainty_map(maps, kind="entropy", soft=True)
-    return fuse_samples(maps, method="staple").consensus, unc
+    return fuse_samples(maps, method="staple").consensus, unc, maps
 
 
 def first_mask_chain(bundle, sampler, cond: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -164,10 +165,15 @@ def first_mask_chain(bundle, sampler, cond: torch.Tensor, seeds: list[int]) -> t
 
 def timed(fn: Callable[[], Any]) -> float:
     """Seconds of one call of ``fn`` (perf_counter) under ``torch.inference_mode``."""
+    return timed_result(fn)[0]
+
+
+def timed_result(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, return value) of one call of ``fn`` under ``torch.inference_mode``."""
     with torch.inference_mode():
         start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+        out = fn()
+        return time.perf_counter() - start, out
 
 
 def count_gflops(bundle, sampler, cond: torch.Tensor, seeds: list[int]) -> float:
@@ -271,7 +277,7 @@ def bench_modality(modality: str, teacher, student, records: list, k: int) -> di
         "teacher_k": lambda c: ensemble_chain(teacher, t_sampler, c, seeds),
     }
     times: dict[str, list[float]] = {name: [] for name in chains}
-    rows_t, rows_s, corr, differ = [], [], [], []
+    rows_t, rows_s, corr, corr_soft, differ = [], [], [], [], []
     gflops: dict[str, float] = {}
     for i, record in enumerate(records):
         image, mask = read_pair(record)
@@ -282,8 +288,14 @@ def bench_modality(modality: str, teacher, student, records: list, k: int) -> di
             for chain in chains.values():  # warm-up, untimed
                 timed(lambda chain=chain: chain(cond))
         # Alternate the order between images so that no chain always runs first.
+        outputs = {}
         for name in list(chains) if i % 2 == 0 else list(chains)[::-1]:
-            times[name].append(timed(lambda chain=chains[name]: chain(cond)))
+            seconds, outputs[name] = timed_result(lambda chain=chains[name]: chain(cond))
+            times[name].append(seconds)
+        # Soft variance at the working resolution, from the timed runs' own x0 maps (same
+        # seeds for both models).
+        corr_soft.append(variance_correlation(outputs["student_k"][2][0],
+                                              outputs["teacher_k"][2][0], soft=True))
         res_t, res_s = segment(teacher, image, k), segment(student, image, k)
         rows_t.append(score_result(res_t, mask))
         rows_s.append(score_result(res_s, mask))
@@ -292,12 +304,15 @@ def bench_modality(modality: str, teacher, student, records: list, k: int) -> di
         print(f"  {modality} {i + 1}/{len(records)} {record.id}: "
               f"t {times['teacher_k'][-1]:.3f}s s {times['student_k'][-1]:.3f}s "
               f"s1 {times['student_1'][-1]:.3f}s  Dice t {rows_t[-1]['dice']:.3f} "
-              f"s {rows_s[-1]['dice']:.3f}  corr {corr[-1]:.3f}", file=sys.stderr, flush=True)
+              f"s {rows_s[-1]['dice']:.3f}  corr {corr[-1]:.3f} soft {corr_soft[-1]:.3f}",
+              file=sys.stderr, flush=True)
     t_sum = model_summary(teacher, t_sampler, gflops["teacher"], times["teacher_k"], rows_t)
     s_sum = model_summary(student, s_sampler, gflops["student"], times["student_k"], rows_s)
     s_sum["median_s_k1"] = _median(times["student_1"])
     s_sum["variance_corr_mean"] = _mean(corr)
     s_sum["variance_corr_median"] = _median(corr)
+    s_sum["variance_corr_soft_mean"] = _mean(corr_soft)
+    s_sum["variance_corr_soft_median"] = _median(corr_soft)
     s_sum["n_undefined_variance_corr"] = sum(1 for c in corr if not math.isfinite(c))
     s_sum["fraction_samples_differ"] = float(np.mean(differ))
     per_image = [t / s for t, s in zip(times["teacher_k"], times["student_k"])]
@@ -337,7 +352,8 @@ def modality_table(m: dict[str, Any]) -> list[str]:
         f"### {m['modality']} ({m['n']} validation images, K = {k})",
         "",
         f"| model | params | GFLOPs / image (K = {k}) | s / image, K = {k} + unc. + STAPLE | "
-        "s / image, K = 1 | speed-up | Dice | HD95 (px) | variance corr. | error AUROC "
+        "s / image, K = 1 | speed-up | Dice | HD95 (px) | variance corr. (hard / soft) | "
+        "error AUROC "
         "(pooled) | Spearman |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {t['model']} ({_sampler_label(t['sampler'])}) | {t['params'] / 1e6:.2f}M | "
@@ -348,7 +364,8 @@ def modality_table(m: dict[str, Any]) -> list[str]:
         f"{_f(s['gflops_per_image'], '.2f')} | {_f(s['median_s_k'])} | "
         f"{_f(s['median_s_k1'])} | {_f(m['speedup_k'], '.1f', '×')} (per image "
         f"{_f(m['speedup_k_median_per_image'], '.1f', '×')}) | {_f(s['dice'], '.4f')} | "
-        f"{_f(s['hd95'], '.2f')} | {_f(s['variance_corr_mean'])} | {_f(s['auroc_pooled'])} | "
+        f"{_f(s['hd95'], '.2f')} | {_f(s['variance_corr_mean'])} / "
+        f"{_f(s.get('variance_corr_soft_mean'))} | {_f(s['auroc_pooled'])} | "
         f"{_f(s[rho], '.2f')} |",
         f"| teacher ÷ student (quality: Δ student − teacher) | "
         f"{_f(m['params_ratio'], '.1f', '×')} | {_f(m['gflops_ratio'], '.1f', '×')} | "
@@ -359,8 +376,11 @@ def modality_table(m: dict[str, Any]) -> list[str]:
         f"{_delta(t[rho], s[rho], '+.2f')} |",
         "",
         f"Student samples not all identical on {100 * s['fraction_samples_differ']:.0f}% of the "
-        f"images; variance correlation mean {_f(s['variance_corr_mean'])}, median "
-        f"{_f(s['variance_corr_median'])} (undefined, a constant variance map, on "
+        f"images; variance correlation of the hard masks (original resolution) mean "
+        f"{_f(s['variance_corr_mean'])}, median {_f(s['variance_corr_median'])}; of the soft "
+        f"probabilities (working resolution) mean {_f(s.get('variance_corr_soft_mean'))}, "
+        f"median {_f(s.get('variance_corr_soft_median'))} (hard: undefined, a constant "
+        f"variance map, on "
         f"{s['n_undefined_variance_corr']} images). Mean per-image error AUROC: teacher "
         f"{_f(t['auroc_mean_per_image'])}, student {_f(s['auroc_mean_per_image'])}. "
         f"Undefined HD95 (empty consensus): teacher {t['n_undefined_hd95']}, student "
@@ -401,7 +421,10 @@ def report(results: list[dict[str, Any]], skipped: list[str], command: str,
         "matrix products (`torch.utils.flop_counter`). Dice / HD95: STAPLE consensus at the "
         "original resolution, mean over images. Variance corr.: Pearson correlation of the "
         "student's and the teacher's pixel-variance maps of an image (same seed, so the same "
-        "K initial noises), mean over images. Error AUROC: how well the uncertainty map ranks "
+        "K initial noises), mean over images; *hard*: variance of the K thresholded masks at "
+        "the original resolution, *soft*: variance of the K soft probabilities (x0 + 1) / 2 "
+        "at the working resolution (the quantity the app's uncertainty map is built from). "
+        "Error AUROC: how well the uncertainty map ranks "
         "the consensus's wrong pixels above its right ones, pooled over all pixels of all "
         "images (0.5 = chance). Spearman: per-image sample disagreement (1 − mean pairwise "
         "Dice of the K samples) against 1 − Dice of the consensus.",

@@ -77,6 +77,31 @@ def test_correlation_is_low_when_variance_lies_elsewhere(masks):
         assert 0.3 < variance_correlation(boundary, partial) < 1.0
 
 
+def test_soft_variance_sees_agreement_near_the_threshold(masks):
+    """Two stacks whose hard masks never disagree (variance 0, correlation undefined) but
+    whose soft values hesitate in the same boundary band correlate with soft=True."""
+    m = masks[0]
+    band = _grow(m, 4) & ~_grow(m, -4)
+    rng = np.random.default_rng(0)
+
+    def soft_stack(amplitude: float) -> torch.Tensor:
+        base = np.where(m, 0.8, -0.8).astype(np.float32)
+        # inside the band every sample stays on the mask's side of 0 but wobbles
+        wobble = amplitude * rng.uniform(-1, 1, size=(5, *m.shape)).astype(np.float32)
+        x = np.where(band, np.where(m, 0.3, -0.3) + wobble, base)
+        return torch.from_numpy(x)
+
+    a, b = soft_stack(0.25), soft_stack(0.2)
+    assert np.all((a.numpy() > 0) == m) and np.all((b.numpy() > 0) == m)
+    assert math.isnan(variance_correlation(a, b))  # hard: no variance at all
+    r = variance_correlation(a, b, soft=True)
+    assert 0.5 < r < 1.0, r
+    # bool stacks give the same value either way
+    stack = _boundary_stack(m)
+    assert variance_correlation(stack, stack[:4], soft=True) == pytest.approx(
+        variance_correlation(stack, stack[:4]), abs=1e-12)
+
+
 def test_correlation_is_nan_for_identical_samples(masks):
     m = masks[1]
     same = np.stack([m] * 4)

@@ -68,18 +68,20 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / np.log(2.0)
 
 
-def pixel_variance(samples: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Variance of the hard masks across the K samples (population variance, ddof = 0).
+def pixel_variance(samples: torch.Tensor | np.ndarray, *, soft: bool = False) -> torch.Tensor:
+    """Variance across the K samples (population variance, ddof = 0).
 
     Args:
         samples: (N, K, *spatial) in [-1, 1] or bool.
+        soft: the variance of the soft probabilities (x + 1) / 2 instead of the hard
+            masks x > 0 (the same for bool samples).
 
     Returns:
-        (N, *spatial) float32 in [0, 0.25]; equals m (1 − m) with m the lesion vote
-        fraction.
+        (N, *spatial) float32 in [0, 0.25]; for hard masks it equals m (1 − m) with m the
+        lesion vote fraction.
     """
-    h = _hard(as_sample_tensor(samples))
-    return h.var(dim=1, unbiased=False)
+    t = as_sample_tensor(samples)
+    return (_soft(t) if soft else _hard(t)).var(dim=1, unbiased=False)
 
 
 def entropy_of_mean(samples: torch.Tensor | np.ndarray, *, soft: bool = False) -> torch.Tensor:

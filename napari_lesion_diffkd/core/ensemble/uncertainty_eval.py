@@ -61,17 +61,24 @@ def _sample_stack(samples: ArrayLike) -> torch.Tensor:
     return t[None]
 
 
-def variance_correlation(samples_a: ArrayLike, samples_b: ArrayLike) -> float:
+def variance_correlation(samples_a: ArrayLike, samples_b: ArrayLike, *,
+                         soft: bool = False) -> float:
     """Pearson correlation between the pixel-variance maps of two sample stacks of one image.
 
     Args:
         samples_a, samples_b: (K, H, W) or (K, 1, H, W) samples of the same image, bool
             masks or float x0 outputs in [-1, 1] (> 0 = lesion), numpy or torch. The two
             stacks need the same (H, W); their K may differ.
+        soft: correlate the variance maps of the soft probabilities (x + 1) / 2 rather
+            than of the hard masks (x > 0). With K hard samples the variance takes only
+            K // 2 + 1 values and is zero wherever the samples agree, however close to the
+            threshold they are; the soft variance keeps that information (it is what the
+            app's soft-entropy uncertainty map is built from). Bool stacks are the same
+            either way.
 
     Returns:
         The correlation in [-1, 1] over the H·W pixels of the two (H, W) float32 variance
-        maps (variance of the hard masks across the samples, in [0, 0.25]), computed in
+        maps (variance across the samples, in [0, 0.25]), computed in
         float64. ``nan`` when either map is constant — in particular when all K samples of
         a stack are identical (zero variance everywhere, e.g. K = 1 or a deterministic
         student): a correlation is undefined there.
@@ -82,8 +89,8 @@ def variance_correlation(samples_a: ArrayLike, samples_b: ArrayLike) -> float:
             f"the stacks cover different pixel grids: {tuple(a.shape[-2:])} vs "
             f"{tuple(b.shape[-2:])}"
         )
-    va = pixel_variance(a)[0].to(torch.float64).flatten().cpu().numpy()
-    vb = pixel_variance(b)[0].to(torch.float64).flatten().cpu().numpy()
+    va = pixel_variance(a, soft=soft)[0].to(torch.float64).flatten().cpu().numpy()
+    vb = pixel_variance(b, soft=soft)[0].to(torch.float64).flatten().cpu().numpy()
     da, db = va - va.mean(), vb - vb.mean()
     na, nb = float(np.sqrt(np.dot(da, da))), float(np.sqrt(np.dot(db, db)))
     if na == 0.0 or nb == 0.0:
