@@ -11,6 +11,8 @@ import sys
 # SAM-teacher recipes (seed 002 task-specific KD, seed 003 SAM-guided semi-supervised).
 # "diffusion" (the default) is the diffusion-teacher path below.
 METHOD_MODULES: dict[str, str] = {
+    "ts-kd": "napari_lesion_diffkd.cli.distill_ts_kd",
+    "sam-ssl": "napari_lesion_diffkd.cli.distill_sam_ssl",
 }
 
 
