@@ -23,6 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Regenerates every figure of docs/benchmarks.md (reduced image counts, under 30 min on the
+# 2-core CPU; see benchmarks/run_all.py and docs/reproducing.md).
+bench: $(STAMP)
+	nice -n 5 $(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
 screenshots: $(STAMP)
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/make_screenshots.py
 

@@ -14,7 +14,7 @@ import sys
 from napari_lesion_diffkd import __version__
 
 SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo", "job", "sam_finetune",
-               "simulate_al", "loop")
+               "simulate_al", "loop", "export_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:

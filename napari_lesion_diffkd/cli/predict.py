@@ -4,6 +4,10 @@ Contract (relied on by later issues and outside checks): for each input ``<stem>
 ``DIR/<stem>.png`` (consensus, uint8 {0,255}, input height and width), ``DIR/<stem>_uncertainty.png``
 (uint8, 0 = certain) and, with K > 1, ``DIR/<stem>_samples.tif`` (K, H, W uint8 {0,255}); print
 one JSON line per image; skip bad inputs by name; exit non-zero if any input failed.
+
+A SAM model (e.g. ``lesion-sam-tiny``) takes ``--prompt-box x0,y0,x1,y1`` and/or repeated
+``--prompt-point x,y,label`` in image pixels (x = column, y = row) and writes the same files
+(K = 1; uncertainty = entropy of SAM's logits): ``core/sam/prompt_predict.py``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion", choices=("staple", "mean", "majority"), default="staple")
     p.add_argument("--seed", type=int, default=0, help="seed; same seed, same output")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch, or onnxruntime (CPU; the model is exported to ONNX on first "
+                        "use and cached under $LESION_DIFFKD_CACHE/onnx)")
+    p.add_argument("--prompt-box", default=None, metavar="x0,y0,x1,y1",
+                   help="SAM models: a box in image pixels (x = column, y = row)")
+    p.add_argument("--prompt-point", action="append", default=[], metavar="x,y,label",
+                   help="SAM models: a click in image pixels, label 1 lesion / 0 background "
+                        "(repeatable); see core/sam/prompt_predict.py for the outputs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_lesion_diffkd.core.sam.prompt_predict import (
+        is_sam_model,
+        predict_files_with_prompts,
+    )
+
+    if args.prompt_box is not None or args.prompt_point or is_sam_model(args.model):
+        return predict_files_with_prompts(args.model, args.input, args.output,
+                                          box=args.prompt_box, points=args.prompt_point,
+                                          device=args.device)
     from napari_lesion_diffkd.core.predict_files import predict_files
 
     return predict_files(
@@ -38,4 +59,5 @@ def run(args: argparse.Namespace) -> int:
         fusion=args.fusion,
         seed=args.seed,
         device=args.device,
+        backend=getattr(args, "backend", "torch"),
     )

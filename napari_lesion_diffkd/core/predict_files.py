@@ -73,17 +73,24 @@ def predict_files(
     fusion: str = "staple",
     seed: int = 0,
     device: str = "auto",
+    backend: str = "torch",
 ) -> int:
     """Segment every input; returns the process exit code (0 ok, 1 some input failed,
-    2 bad arguments / model)."""
+    2 bad arguments / model).
+
+    ``backend="onnxruntime"`` runs the network through ONNX Runtime on the CPU (exported and
+    cached on first use, ``core/onnx``); a model that cannot be exported is exit code 2."""
     from napari_lesion_diffkd.core.bundle import BundleError
     from napari_lesion_diffkd.core.data.readers import ImageReadError, read_image
     from napari_lesion_diffkd.core.jobs import run_to_completion
     from napari_lesion_diffkd.core.registry import UnknownModelError, load_model
     from napari_lesion_diffkd.core.segmenter import segment_image
 
+    from napari_lesion_diffkd.core.segmenter import select_network
+
     try:
-        bundle = load_model(model, device=device)
+        bundle = load_model(model, device="cpu" if backend == "onnxruntime" else device)
+        select_network(bundle, backend)  # export / open the ONNX session once, up front
     except (UnknownModelError, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -106,7 +113,8 @@ def predict_files(
                                      "2D images (export slices, or use the napari widget)")
             result = run_to_completion(
                 segment_image(bundle, loaded.data, num_samples=num_samples,
-                              num_steps=num_steps, sampler=sampler, fusion=fusion, seed=seed)
+                              num_steps=num_steps, sampler=sampler, fusion=fusion, seed=seed,
+                              backend=backend)
             )
             written = write_outputs(out_dir, output_stem(path), result)
         except (ImageReadError, ValueError, OSError) as exc:
@@ -121,6 +129,7 @@ def predict_files(
             "sampler": result.settings["sampler"],
             "fusion": fusion,
             "seed": seed,
+            "backend": backend,
             "shape": list(result.consensus.shape),
             "lesion_fraction": round(float(result.consensus.mean()), 6),
             "scores": {k: round(v, 6) for k, v in result.scores.items()},

@@ -90,6 +90,7 @@ def segment_image(
     fusion: str = "staple",
     seed: int = 0,
     uncertainty: str = "entropy",
+    backend: str = "torch",
 ) -> Generator[JobEvent, None, SegmentationResult]:
     """Sample K masks for ``image`` and fuse them.
 
@@ -108,6 +109,9 @@ def segment_image(
             uncertainty, while the soft values still rank them (error-detection AUROC on
             PH2 validation, K = 8: 0.83 soft vs 0.72 hard for the teacher, 0.88 vs 0.68 for
             the student; see docs/benchmarks.md).
+        backend: ``torch`` (the bundle's network) or ``onnxruntime`` (the network exported
+            to ONNX on first use, cached by weights hash, ``core/onnx``; CPU only). The
+            sampler, seeds, fusion and uncertainty code are the same for both.
 
     Yields:
         A progress event per network call.
@@ -126,16 +130,17 @@ def segment_image(
             f"expected a 2D image (Y, X) or (Y, X, 3); got shape {image.shape} "
             "(segment volumes slice by slice)"
         )
+    network = select_network(bundle, backend)
     if bundle.config.get("objective") == "segmentation":
-        return (yield from _segment_deterministic(bundle, image))
+        return (yield from _segment_deterministic(bundle, image, network, backend))
     k = int(num_samples or bundle.config.get("sampler", {}).get("num_samples", 8))
     if k < 1:
         raise ValueError(f"num_samples must be >= 1, got {k}")
     the_sampler = build_bundle_sampler(bundle, sampler, num_steps)
     start = time.perf_counter()
-    device = next(bundle.network.parameters()).device
+    device = _device(bundle, backend)
     cond = prepare_image(image, bundle.input_size, bundle.image_channels)[None].to(device)
-    x0 = yield from the_sampler.sample(bundle.network, cond, k, seeds=sample_seeds(seed, k))
+    x0 = yield from the_sampler.sample(network, cond, k, seeds=sample_seeds(seed, k))
     with torch.no_grad():
         x0_full = resize_maps(x0[:, :, 0].float().cpu(), image.shape[:2])  # (1, K, Y, X)
         fused = fuse_samples(x0_full, method=fusion)
@@ -160,22 +165,50 @@ def segment_image(
             "fusion": fusion,
             "seed": seed,
             "uncertainty": uncertainty,
+            "backend": backend,
         },
     )
 
 
+def select_network(bundle: ModelBundle, backend: str = "torch") -> Any:
+    """``bundle.network`` (torch) or its ONNX Runtime stand-in (``core.onnx.driver``).
+
+    Raises:
+        ValueError: unknown backend, or a model the ONNX exporter cannot handle.
+    """
+    if backend == "torch":
+        return bundle.network
+    if backend != "onnxruntime":
+        raise ValueError(f"unknown backend {backend!r}; choose torch or onnxruntime")
+    from napari_lesion_diffkd.core.onnx.driver import onnx_network
+    from napari_lesion_diffkd.core.onnx.export import OnnxExportError
+
+    try:
+        return onnx_network(bundle)
+    except (OnnxExportError, ImportError) as exc:
+        raise ValueError(f"backend onnxruntime unavailable for {bundle.name}: {exc}") from exc
+
+
+def _device(bundle: ModelBundle, backend: str) -> torch.device:
+    # ONNX Runtime runs on the CPU here, whatever device the torch bundle sits on.
+    if backend == "onnxruntime":
+        return torch.device("cpu")
+    return next(bundle.network.parameters()).device
+
+
 def _segment_deterministic(
-    bundle: ModelBundle, image: np.ndarray
+    bundle: ModelBundle, image: np.ndarray, network: Any = None, backend: str = "torch"
 ) -> Generator[JobEvent, None, SegmentationResult]:
     """A plain segmentation network (the baseline): one mask, uncertainty = entropy of its
     own foreground probability."""
     from napari_lesion_diffkd.core.ensemble.uncertainty import binary_entropy
 
     start = time.perf_counter()
-    device = next(bundle.network.parameters()).device
+    network = bundle.network if network is None else network
+    device = _device(bundle, backend)
     cond = prepare_image(image, bundle.input_size, bundle.image_channels)[None].to(device)
     with torch.no_grad():
-        logits = bundle.network(cond)
+        logits = network(cond)
     yield JobEvent("progress", step=1, total=1, message="segmenting")
     prob = resize_maps(torch.sigmoid(logits[:, 0].float().cpu()), image.shape[:2])[0]
     mask = (prob > 0.5).numpy()
@@ -184,5 +217,5 @@ def _segment_deterministic(
         uncertainty=binary_entropy(prob).numpy().astype(np.float32),
         sensitivity=None, specificity=None, scores={}, seconds=time.perf_counter() - start,
         settings={"model": bundle.name, "num_samples": 1, "sampler": None,
-                  "fusion": None, "seed": None},
+                  "fusion": None, "seed": None, "backend": backend},
     )

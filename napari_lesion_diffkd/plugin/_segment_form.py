@@ -1,5 +1,6 @@
-"""The Segment widget's settings form: image, modality preset, model, device, K, sampler,
-steps, fusion, seed and scope (image / current slice / whole volume).
+"""The Segment widget's settings form: image, modality preset, model, device, backend (torch
+or ONNX Runtime), K, sampler, steps, fusion, seed and scope (image / current slice / whole
+volume).
 
 The modality preset (auto from the image's metadata, or chosen) filters the model picker,
 selects the preset's default model and sets the display: the stored pixel spacing as layer
@@ -24,6 +25,9 @@ AUTO = "auto (from image)"
 DEFAULT_SAMPLER = "model default"
 SAMPLER_NAMES = ("ddim", "ddpm", "staged", "one-step")
 SCOPE_IMAGE, SCOPE_SLICE, SCOPE_VOLUME = "image", "current slice", "whole volume"
+BACKENDS = ("torch", "onnxruntime")
+BACKEND_TIP = ("onnxruntime: run the network with ONNX Runtime on the CPU (exported once and "
+               "cached; same seeds give the same masks as torch)")
 
 
 class SegmentForm(QWidget):
@@ -39,6 +43,9 @@ class SegmentForm(QWidget):
         self.picker = ModelPicker(context)
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
+        self.backend_combo = QComboBox()
+        self.backend_combo.addItems(BACKENDS)
+        self.backend_combo.setToolTip(BACKEND_TIP)
         self.samples_spin = _spin(1, 64, 8)
         self.sampler_combo = QComboBox()
         self.sampler_combo.addItems([DEFAULT_SAMPLER, *SAMPLER_NAMES])
@@ -56,6 +63,7 @@ class SegmentForm(QWidget):
         form.addRow("CT window", self.window_combo)
         form.addRow("model", self.picker)
         form.addRow("device", self.device_combo)
+        form.addRow("backend", self.backend_combo)
         form.addRow("samples (K)", self.samples_spin)
         form.addRow("sampler", self.sampler_combo)
         form.addRow("steps", self.steps_spin)
@@ -70,6 +78,7 @@ class SegmentForm(QWidget):
         self.window_combo.currentTextChanged.connect(self._apply_window)
         self.sampler_combo.currentTextChanged.connect(lambda _: self._sync_enabled())
         self.picker.changed.connect(lambda _: self._sync_enabled())
+        self.backend_combo.currentTextChanged.connect(lambda _: self._sync_enabled())
         self.picker.ready.connect(self._on_models_ready)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.refresh_images)
@@ -117,7 +126,8 @@ class SegmentForm(QWidget):
             num_samples=self.samples_spin.value(),
             sampler=None if sampler == DEFAULT_SAMPLER else sampler,
             num_steps=(self.steps_spin.value() or None) if self.steps_spin.isEnabled() else None,
-            fusion=self.fusion_combo.currentText(), seed=self.seed_spin.value())
+            fusion=self.fusion_combo.currentText(), seed=self.seed_spin.value(),
+            backend=self.backend_combo.currentText() or "torch")
 
     def scope(self) -> str:
         """``image`` | ``current slice`` | ``whole volume``."""
@@ -204,6 +214,8 @@ class SegmentForm(QWidget):
         effective = (entry.sampler if entry else None) if chosen == DEFAULT_SAMPLER else chosen
         # core.segmenter: a step count applies to the DDIM sampler only.
         self.steps_spin.setEnabled(sampling and effective == "ddim")
+        # ONNX Runtime runs on the CPU: the device choice does not apply to it.
+        self.device_combo.setEnabled(self.backend_combo.currentText() != "onnxruntime")
 
     def _set_row_visible(self, widget: QWidget, visible: bool) -> None:
         label = self._form.labelForField(widget)

@@ -32,6 +32,8 @@ class SegmentRequest:
         num_steps: DDIM steps or None for the bundle's default.
         fusion: ``staple`` | ``mean`` | ``majority``.
         seed: the user seed (same seed, same masks).
+        backend: ``torch`` | ``onnxruntime`` (CPU; exported to ONNX and cached on first
+            use, see ``core/onnx``).
     """
 
     target: str
@@ -41,11 +43,18 @@ class SegmentRequest:
     num_steps: int | None = None
     fusion: str = "staple"
     seed: int = 0
+    backend: str = "torch"
+
+    @property
+    def load_device(self) -> str:
+        """Where the torch bundle goes: ONNX Runtime runs on the CPU, so its bundle does too."""
+        return "cpu" if self.backend == "onnxruntime" else self.device
 
     def segment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`core.segmenter.segment_image`."""
         return {"num_samples": self.num_samples, "num_steps": self.num_steps,
-                "sampler": self.sampler, "fusion": self.fusion, "seed": self.seed}
+                "sampler": self.sampler, "fusion": self.fusion, "seed": self.seed,
+                "backend": self.backend}
 
 
 @dataclass
@@ -119,7 +128,12 @@ def segment_job(request: SegmentRequest, image: np.ndarray, volume: bool, cache:
     from napari_lesion_diffkd.core.segmenter import segment_image
 
     yield JobEvent("log", message=f"loading {request.target}")
-    bundle = cache.get(request.target, request.device)
+    bundle = cache.get(request.target, request.load_device)
+    if request.backend != "torch":
+        from napari_lesion_diffkd.core.segmenter import select_network
+
+        yield JobEvent("log", message=f"preparing {request.backend} (first use exports ONNX)")
+        select_network(bundle, request.backend)
     if not volume:
         return (yield from segment_image(bundle, image, **request.segment_kwargs()))
     start = time.perf_counter()

@@ -26,7 +26,7 @@ class SegmentWidget(QWidget):
     Public attributes used by tests and scripts: ``form`` (:class:`SegmentForm`) and its
     shortcuts ``image_combo``, ``picker``, ``model_combo``, ``model_info``,
     ``samples_spin``, ``steps_spin``, ``sampler_combo``, ``fusion_combo``, ``seed_spin``,
-    ``device_combo``, ``scope_combo``; ``run_button``, ``cancel_button``, ``progress``,
+    ``device_combo``, ``backend_combo``, ``scope_combo``; ``run_button``, ``cancel_button``, ``progress``,
     ``status``, ``staple_table``, ``worker`` (the running worker or None), ``last_result``
     and ``last_layers`` (role -> layer of the last run).
     """
@@ -53,6 +53,7 @@ class SegmentWidget(QWidget):
         self.sampler_combo, self.fusion_combo = f.sampler_combo, f.fusion_combo
         self.seed_spin, self.device_combo, self.scope_combo = \
             f.seed_spin, f.device_combo, f.scope_combo
+        self.backend_combo = f.backend_combo
 
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")

@@ -166,3 +166,34 @@ def test_ct_hu_preset_window_and_ultrasound_preset(widget, qtbot, busbra_pairs) 
     assert set(widget.picker.labels()) == {"ultrasound-student", "ultrasound-teacher",
                                            "ultrasound-unet"}
     assert widget.model_combo.currentText() == "ultrasound-student"  # the fast default
+
+
+def test_backend_combo_runs_onnxruntime_with_the_same_masks(widget, qtbot, monkeypatch,
+                                                           tmp_path) -> None:
+    """torch and ONNX Runtime, same seed: the same K samples and consensus on a real PH2
+    image; the ONNX file is exported into the cache on first use, once."""
+    monkeypatch.setenv("LESION_DIFFKD_CACHE", str(tmp_path / "cache"))
+    assert [widget.backend_combo.itemText(i) for i in range(widget.backend_combo.count())] \
+        == ["torch", "onnxruntime"]
+    widget.samples_spin.setValue(4)
+    widget.seed_spin.setValue(5)
+    widget.run()
+    wait_idle(qtbot, widget)
+    torch_result = widget.last_result
+    assert torch_result.settings["backend"] == "torch"
+
+    widget.backend_combo.setCurrentText("onnxruntime")
+    assert not widget.device_combo.isEnabled()  # ONNX Runtime runs on the CPU
+    assert widget.form.request().backend == "onnxruntime"
+    widget.run()
+    wait_idle(qtbot, widget)
+    onnx_result = widget.last_result
+    assert onnx_result.settings["backend"] == "onnxruntime", widget.status.text()
+    files = list((tmp_path / "cache" / "onnx").glob(f"{STUDENT}-*.onnx"))
+    assert len(files) == 1
+    np.testing.assert_array_equal(onnx_result.samples, torch_result.samples)
+    np.testing.assert_array_equal(onnx_result.consensus, torch_result.consensus)
+    np.testing.assert_allclose(onnx_result.uncertainty, torch_result.uncertainty, atol=1e-4)
+    assert widget.last_layers["consensus"].data.any()
+    widget.backend_combo.setCurrentText("torch")
+    assert widget.device_combo.isEnabled()
