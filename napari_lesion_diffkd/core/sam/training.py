@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_lesion_diffkd.core.config_files import check_keys, read_mapping
 from napari_lesion_diffkd.core.data.datasets import PairRecord, group_split, read_pair
 from napari_lesion_diffkd.core.data.locate import DATASETS_BY_MODALITY
 from napari_lesion_diffkd.core.jobs import JobEvent
@@ -151,21 +152,13 @@ class SamTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamTrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SAM training config keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, data, "SAM training")
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SamTrainConfig:
         """Read a YAML or JSON config file."""
-        text = Path(path).read_text()
-        if str(path).endswith(".json"):
-            return cls.from_dict(json.loads(text))
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(text) or {})
+        return cls.from_dict(read_mapping(path))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from napari_lesion_diffkd.core.config_files import check_keys, read_mapping
 
 
 @dataclass
@@ -128,21 +129,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {unknown}; known: {sorted(known)}")
+        check_keys(cls, data, "training")
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a YAML or JSON config file."""
-        text = Path(path).read_text()
-        if str(path).endswith(".json"):
-            return cls.from_dict(json.loads(text))
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(text) or {})
+        return cls.from_dict(read_mapping(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,11 +6,11 @@ YAML/JSON keys are the attribute names; unknown keys are an error that lists the
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_lesion_diffkd.core.config_files import check_keys, read_mapping
 from napari_lesion_diffkd.core.distillation.sam_ssl.fusion import FUSION_MODES
 
 
@@ -108,24 +108,13 @@ class SamSslConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamSslConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown sam-ssl config keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, data, "sam-ssl")
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SamSslConfig:
         """Read a YAML or JSON config file."""
-        text = Path(path).read_text()
-        if str(path).endswith(".json"):
-            return cls.from_dict(json.loads(text))
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
-        return cls.from_dict(data)
+        return cls.from_dict(read_mapping(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_lesion_diffkd.core.config_files import check_keys, read_mapping
 from napari_lesion_diffkd.core.distillation.ts_kd.data import VIEWS
 from napari_lesion_diffkd.core.distillation.ts_kd.student import StudentConfig
 from napari_lesion_diffkd.core.distillation.ts_kd.teacher import PROMPT_MODES
@@ -112,24 +112,13 @@ class TsKdConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TsKdConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TS-KD config keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, data, "TS-KD")
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TsKdConfig:
         """Read a YAML or JSON file (``method: ts-kd`` is allowed and ignored)."""
-        text = Path(path).read_text()
-        if str(path).endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError("the config must be a mapping of keys to values")
+        data = read_mapping(path)
         method = data.pop("method", "ts-kd")
         if method != "ts-kd":
             raise ValueError(f"config is for method {method!r}, not ts-kd")
