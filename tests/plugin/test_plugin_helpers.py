@@ -39,7 +39,9 @@ def test_catalogue_presets_and_modalities(tmp_path, bundle_copy) -> None:
     assert default_entry(rows, "dermoscopy").label == STUDENT
     assert default_entry(rows, "dermoscopy", ("teacher",)).label == TEACHER
     assert default_entry(rows, "ultrasound").label == "ultrasound-student"
-    assert default_entry(rows, "ct").label == "ct-unet"  # no student or teacher: the baseline
+    assert default_entry(rows, "ct").label == "ct-student"
+    assert default_entry(rows, "ct", ("teacher",)).label == "ct-teacher"
+    assert default_entry(rows, "ct", ("baseline",)).label == "ct-unet"
     assert {r.modality for r in for_modality(rows, "ct")} == {"ct"}
 
 

@@ -128,7 +128,7 @@ def test_volume_slice_and_whole_volume(widget, qtbot, ct_pairs) -> None:
     widget.select_image("ct")
     # The CT preset: spacing as layer scale, the CT model, no window for 8-bit PNG data.
     assert tuple(layer.scale) == pytest.approx((2.5, 0.7, 0.7))
-    assert widget.model_combo.currentText() == "ct-unet"
+    assert widget.model_combo.currentText() == "ct-student"
     assert not widget.form.window_combo.isVisible()
     assert [widget.scope_combo.itemText(i) for i in range(2)] == ["current slice",
                                                                 "whole volume"]
@@ -144,7 +144,9 @@ def test_volume_slice_and_whole_volume(widget, qtbot, ct_pairs) -> None:
     widget.run()
     wait_idle(qtbot, widget)
     assert widget.last_layers["consensus"] is consensus
-    assert widget.last_layers["samples"].data.shape == (1, *volume.shape)
+    # the CT student's K samples per slice, stacked as (K, Z, Y, X)
+    assert widget.last_layers["samples"].data.shape == (widget.samples_spin.value(),
+                                                        *volume.shape)
     assert consensus.data[0].any() or consensus.data[1].any()
 
 
