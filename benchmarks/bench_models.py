@@ -48,7 +48,7 @@ from _report import update_section  # noqa: E402
 
 SECTION = "models"
 MODELS = ("dermoscopy-student", "dermoscopy-teacher", "dermoscopy-unet", "ultrasound-student",
-          "ultrasound-teacher", "ultrasound-unet", "ct-unet")
+          "ultrasound-teacher", "ultrasound-unet", "ct-student", "ct-teacher", "ct-unet")
 LITE = "runs/ablation-efkd"
 LITE_SETTINGS = {"sampler": "ddpm", "k": 9, "fusion": "mean"}
 
