@@ -33,6 +33,27 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
+def prepare_run(output_dir: str | Path,
+                inputs: Iterable[str | Path]) -> tuple[Path, list[Path]] | int:
+    """Create the output folder and list the inputs, or say why not (on stderr).
+
+    Returns:
+        ``(output folder, input files)``, or the exit code to stop with: 2 when the folder
+        cannot be created, 1 when no input image was found.
+    """
+    out_dir = Path(output_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create output folder {out_dir}: {exc}", file=sys.stderr)
+        return 2
+    paths = expand_inputs(inputs)
+    if not paths:
+        print("error: no input images found", file=sys.stderr)
+        return 1
+    return out_dir, paths
+
+
 def output_stem(path: Path) -> str:
     """``case.nii.gz`` -> ``case``; ``img.png`` -> ``img``."""
     suffix = path_suffix(path)
@@ -84,9 +105,7 @@ def predict_files(
     from napari_lesion_diffkd.core.data.readers import ImageReadError, read_image
     from napari_lesion_diffkd.core.jobs import run_to_completion
     from napari_lesion_diffkd.core.registry import UnknownModelError, load_model
-    from napari_lesion_diffkd.core.segmenter import segment_image
-
-    from napari_lesion_diffkd.core.segmenter import select_network
+    from napari_lesion_diffkd.core.segmenter import segment_image, select_network
 
     try:
         bundle = load_model(model, device="cpu" if backend == "onnxruntime" else device)
@@ -94,16 +113,10 @@ def predict_files(
     except (UnknownModelError, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(output_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot create output folder {out_dir}: {exc}", file=sys.stderr)
-        return 2
-    paths = expand_inputs(inputs)
-    if not paths:
-        print("error: no input images found", file=sys.stderr)
-        return 1
+    prepared = prepare_run(output_dir, inputs)
+    if isinstance(prepared, int):
+        return prepared
+    out_dir, paths = prepared
     failed = 0
     for path in paths:
         try:

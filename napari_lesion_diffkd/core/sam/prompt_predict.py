@@ -178,7 +178,7 @@ def predict_files_with_prompts(
     """The SAM branch of ``lesion-diffkd predict``; returns the exit code (see module)."""
     from napari_lesion_diffkd.core.bundle import BundleError
     from napari_lesion_diffkd.core.data.readers import ImageReadError, read_image
-    from napari_lesion_diffkd.core.predict_files import expand_inputs, output_stem, write_outputs
+    from napari_lesion_diffkd.core.predict_files import output_stem, prepare_run, write_outputs
     from napari_lesion_diffkd.core.registry import resolve_device
     from napari_lesion_diffkd.core.sam.loading import SamCheckpointError, load_sam
     from napari_lesion_diffkd.core.sam.session import PromptSession
@@ -204,16 +204,10 @@ def predict_files_with_prompts(
     except (LookupError, SamCheckpointError, BundleError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(output_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot create output folder {out_dir}: {exc}", file=sys.stderr)
-        return 2
-    paths = expand_inputs(inputs)
-    if not paths:
-        print("error: no input images found", file=sys.stderr)
-        return 1
+    prepared = prepare_run(output_dir, inputs)
+    if isinstance(prepared, int):
+        return prepared
+    out_dir, paths = prepared
     session = PromptSession(loaded, device=resolve_device(device), cache_size=1)
     failed = misfit = 0
     for path in paths:
