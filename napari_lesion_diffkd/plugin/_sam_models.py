@@ -14,20 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+
+from napari_lesion_diffkd.plugin._sam_row import SamComboRow
 
 NONE_LABEL = "none (no prompting)"
 
 
-class SamModelBox(QWidget):
+class SamModelBox(SamComboRow):
     """Combo of SAMs + "Add SAM..." + a state line.
 
     Signals:
@@ -43,7 +36,7 @@ class SamModelBox(QWidget):
     failed = Signal(str)
 
     def __init__(self, context: Any, autoload: bool = True) -> None:
-        super().__init__()
+        super().__init__(16, "reading SAM models...")
         self.context = context
         self.autoload = autoload
         self.is_ready = False
@@ -55,24 +48,7 @@ class SamModelBox(QWidget):
         self._listed: list[tuple[str, str]] = []
         self._loading: tuple[str, str] = ("", "")  # (label, target) being loaded
 
-        self.combo = QComboBox()
-        self.combo.setMinimumContentsLength(16)
-        self.add_button = QPushButton("Add SAM...")
-        self.add_button.setToolTip("a SAM bundle folder (config.json) or a SAM checkpoint "
-                                   "file (.pth / .pt / .safetensors)")
-        self.info = QLabel("reading SAM models...")
-        self.info.setWordWrap(True)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.combo, 1)
-        row.addWidget(self.add_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(row)
-        layout.addWidget(self.info)
-
         self.combo.activated.connect(lambda _: self.load())  # a user's choice, not a refill
-        self.add_button.clicked.connect(self._browse)
         context.models_changed.connect(self.refresh)
         self.refresh()
 
@@ -199,10 +175,3 @@ class SamModelBox(QWidget):
             self.refresh()
         elif want is not None:
             self.load(want)
-
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "SAM checkpoint or bundle config", "",
-            "SAM checkpoints (*.pth *.pt *.safetensors *.bin);;SAM bundle (config.json)")
-        if path:
-            self.add_path(path)

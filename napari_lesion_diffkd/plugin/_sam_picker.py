@@ -16,21 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+
+from napari_lesion_diffkd.plugin._sam_row import SamComboRow
 
 #: What a listed SAM is: a bundle (own training config) or a bare checkpoint (defaults).
 BUNDLE, CHECKPOINT = "bundle", "checkpoint"
 
 
-class SamPicker(QWidget):
+class SamPicker(SamComboRow):
     """Combo of SAMs + "Add SAM..." + an info line.
 
     Signals:
@@ -43,7 +36,7 @@ class SamPicker(QWidget):
     changed = Signal(str, str)
 
     def __init__(self, context: Any) -> None:
-        super().__init__()
+        super().__init__(18, "")
         self.context = context
         self.is_ready = False
         self.active = False
@@ -51,24 +44,7 @@ class SamPicker(QWidget):
         self._rows: list[tuple[str, str, str]] = []  # (label, target, kind)
         self._user: list[tuple[str, str, str]] = []
 
-        self.combo = QComboBox()
-        self.combo.setMinimumContentsLength(18)
-        self.add_button = QPushButton("Add SAM...")
-        self.add_button.setToolTip("a SAM bundle folder (config.json) or a SAM checkpoint "
-                                   "file (.pth / .pt / .safetensors)")
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.combo, 1)
-        row.addWidget(self.add_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(row)
-        layout.addWidget(self.info)
-
         self.combo.currentIndexChanged.connect(self._on_index)
-        self.add_button.clicked.connect(self._browse)
         context.models_changed.connect(self.refresh)
 
     # -- public API ----------------------------------------------------------------------
@@ -167,13 +143,6 @@ class SamPicker(QWidget):
     def _imported(self) -> None:
         self.worker = None
         self.refresh()
-
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "SAM checkpoint or bundle config", "",
-            "SAM checkpoints (*.pth *.pt *.safetensors *.bin);;SAM bundle (config.json)")
-        if path:
-            self.add_path(path)
 
 
 def list_training_sams(project_models: Any,
