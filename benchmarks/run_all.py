@@ -18,7 +18,8 @@ Image counts here vs the scripts' defaults (the full-split numbers are in the mo
 * students: 6 validation images per modality (default: all; the published table used 40);
 * ablation: 4 PH2 validation images (published: 16);
 * models: 8 validation images per model, the lite student's published 250-step sampler on 1;
-* onnx: 6 images, 3 timings each; sampling: 4 images; STAPLE: 3 repeats (default 7).
+* onnx: 6 images, 3 timings each; sampling: 4 images; STAPLE: 3 repeats (default 7);
+* sam-prompts: all 281 held-out images of the four datasets (about 2 minutes).
 
 ``--quick`` divides the counts further (a smoke run of a few minutes, not for the docs).
 """
@@ -53,6 +54,7 @@ STEPS: list[tuple[str, list[str], list[str]]] = [
     ("models", ["bench_models.py", "--images", "8", "--k", "8", "--threads", "1",
                 "--lite-images", "1"], []),
     ("onnx", ["bench_onnx.py", "--images", "6", "--repeats", "3", "--threads", "1", "2"], []),
+    ("sam-prompts", ["bench_sam_prompts.py", "--threads", "1"], []),
     ("active-learning", ["al_report.py", "runs/al-sim-ph2"], ["runs/al-sim-ph2"]),
 ]
 QUICK = {"--images": "2", "--repeats": "1", "--lite-images": "0"}

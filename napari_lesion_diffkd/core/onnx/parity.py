@@ -62,7 +62,8 @@ def random_input_parity(name_or_path: str, files: Sequence[str | Path]) -> float
         runtime = OnnxSam(*files)
         emb = runtime.embed(image)
         box = np.array([40.0, 30.0, 300.0, 250.0])
-        ref = session.predict(box_xyxy=box, multimask=False, return_logits=True)
+        ref = session.predict(box_xyxy=box, multimask=False, return_logits=True,
+                             clip_to_box=False)  # the raw decoder output
         full, _, _ = runtime.predict(emb, (300, 400), box_xyxy=box)
         return float(max(np.abs(emb - session.current.features.numpy()).max(),
                          np.abs(full - ref.logits).max()))

@@ -102,6 +102,31 @@ def clip_xyxy(box: np.ndarray | Sequence, shape: Sequence[int]) -> np.ndarray:
     return b
 
 
+def box_region(box: np.ndarray | Sequence, image_hw: Sequence[int],
+               points_xy: np.ndarray | None = None) -> np.ndarray:
+    """(Y, X) bool: the pixels a box prompt allows, for clipping a box-prompted mask.
+
+    A box says "the lesion is in here", so a pixel whose centre lies outside the XYXY box
+    (inclusive, with half a pixel of tolerance) cannot be lesion. Positive clicks outside the
+    box widen the region to the bounding box of box and clicks, so a click never contradicts
+    the clip. Coordinates are the SAM image frame (pixel ``[y, x]`` at integer ``(x, y)``).
+    """
+    b = np.asarray(box, dtype=np.float64).reshape(4)
+    x0, x1 = min(b[0], b[2]), max(b[0], b[2])
+    y0, y1 = min(b[1], b[3]), max(b[1], b[3])
+    if points_xy is not None and len(points_xy):
+        pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+        x0, x1 = min(x0, pts[:, 0].min()), max(x1, pts[:, 0].max())
+        y0, y1 = min(y0, pts[:, 1].min()), max(y1, pts[:, 1].max())
+    height, width = int(image_hw[0]), int(image_hw[1])
+    region = np.zeros((height, width), dtype=bool)
+    c0, c1 = max(int(np.ceil(x0 - 0.5)), 0), min(int(np.floor(x1 + 0.5)), width - 1)
+    r0, r1 = max(int(np.ceil(y0 - 0.5)), 0), min(int(np.floor(y1 + 0.5)), height - 1)
+    if c0 <= c1 and r0 <= r1:
+        region[r0:r1 + 1, c0:c1 + 1] = True
+    return region
+
+
 def mask_to_xyxy(mask: np.ndarray) -> np.ndarray | None:
     """Tight XYXY box of a (Y, X) mask's nonzero pixels (inclusive indices), None if empty."""
     ys, xs = np.nonzero(np.asarray(mask))

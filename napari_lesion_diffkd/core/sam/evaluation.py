@@ -38,8 +38,10 @@ DEFAULT_BAD_MASKS: tuple[tuple[str, float], ...] = (("erode", 0.3), ("shift", 0.
 def evaluate_image(session: PromptSession, image: np.ndarray, gt: np.ndarray,
                    box_expand: float = 1.05,
                    bad_masks: Sequence[tuple[str, float]] = DEFAULT_BAD_MASKS,
-                   use_mask_prompt: bool = True, key: Any = None) -> dict[str, float]:
-    """Scores for one image (see module docstring). ``gt`` is (Y, X) bool, non-empty."""
+                   use_mask_prompt: bool = True, key: Any = None,
+                   clip_to_box: bool = True) -> dict[str, float]:
+    """Scores for one image (see module docstring). ``gt`` is (Y, X) bool, non-empty.
+    ``clip_to_box``: the box answer keeps no pixel outside the box (``PromptSession.predict``)."""
     gt = np.asarray(gt, dtype=bool)
     session.set_image(image, key=key)
     row: dict[str, float] = {"encode_ms": 1000 * session.last_encode_seconds}
@@ -47,7 +49,7 @@ def evaluate_image(session: PromptSession, image: np.ndarray, gt: np.ndarray,
     box = mask_to_xyxy(gt)
     if box is None:
         raise ValueError("evaluate_image needs a ground truth with a lesion")
-    res = session.predict(box_xyxy=expand_box(box, box_expand, gt.shape))
+    res = session.predict(box_xyxy=expand_box(box, box_expand, gt.shape), clip_to_box=clip_to_box)
     times.append(res.seconds)
     row["box_dice"] = dice(res.mask, gt)
     row["box_score"] = res.score
@@ -92,6 +94,7 @@ def evaluate_prompts(
     bad_masks: Sequence[tuple[str, float]] = DEFAULT_BAD_MASKS,
     use_mask_prompt: bool = True,
     device: str | torch.device = "cpu",
+    clip_to_box: bool = True,
 ) -> dict[str, Any]:
     """Box Dice, click gain and prompt latency over labelled images.
 
@@ -103,6 +106,8 @@ def evaluate_prompts(
         box_expand: box growth factor (1.05 = 5% larger).
         bad_masks: degradations for the click test.
         use_mask_prompt: give the bad mask to the model with the click (else click only).
+        clip_to_box: clip the box answers to the box (the app's default; False: the raw
+            decoder mask, as ``SamPredictor`` returns it).
 
     Returns:
         ``{"all": summary, "per_dataset": {name: summary}, "rows": [per-image dict]}``;
@@ -122,7 +127,7 @@ def evaluate_prompts(
         if not np.any(gt):
             continue
         row = evaluate_image(session, image, gt, box_expand, bad_masks, use_mask_prompt,
-                             key=("evaluate", dataset, name))
+                             key=("evaluate", dataset, name), clip_to_box=clip_to_box)
         rows.append({"id": name, "dataset": dataset, **row})
     numeric = [{k: v for k, v in r.items() if k not in ("id", "dataset")} for r in rows]
     per_dataset = {

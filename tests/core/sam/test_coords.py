@@ -72,3 +72,19 @@ def test_input_frame_matches_segment_anything(hw: tuple[int, int]) -> None:
     np.testing.assert_allclose(coords.xyxy_to_input_frame(box, hw, 256), t.apply_boxes(box, hw))
     np.testing.assert_allclose(
         coords.input_frame_to_xy(coords.xy_to_input_frame(pts, hw, 256), hw, 256), pts)
+
+
+def test_box_region_includes_the_box_pixels_and_positive_clicks_outside_it() -> None:
+    from napari_lesion_diffkd.core.sam.coords import box_region
+
+    region = box_region([2.0, 1.0, 5.0, 3.0], (6, 8))
+    expected = np.zeros((6, 8), dtype=bool)
+    expected[1:4, 2:6] = True
+    np.testing.assert_array_equal(region, expected)
+    # Half a pixel of tolerance: 1.6 rounds into pixel 2, 5.4 into pixel 5.
+    np.testing.assert_array_equal(box_region([1.6, 0.6, 5.4, 3.4], (6, 8)), expected)
+    # A click at (7, 5) widens the region to the bounding box of box and click.
+    widened = box_region([2.0, 1.0, 5.0, 3.0], (6, 8), np.array([[7.0, 5.0]]))
+    assert widened[1:6, 2:8].all() and widened.sum() == 5 * 6
+    # Boxes past the image edge are cut to it.
+    assert box_region([-3.0, -3.0, 20.0, 20.0], (6, 8)).all()

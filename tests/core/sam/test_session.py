@@ -48,7 +48,8 @@ def test_same_answers_as_segment_anything_predictor(tiny_sam, real_images, name:
     labels = np.array([1, 0])
     masks, scores, low = predictor.predict(point_coords=pts, point_labels=labels, box=box,
                                            multimask_output=False, return_logits=True)
-    ours = session.predict(points_xy=pts, point_labels=labels, box_xyxy=box, return_logits=True)
+    ours = session.predict(points_xy=pts, point_labels=labels, box_xyxy=box, return_logits=True,
+                          clip_to_box=False)  # SamPredictor does not clip
     np.testing.assert_allclose(ours.logits, masks[0], atol=1e-5)
     np.testing.assert_allclose(ours.low_res_logits, low[0], atol=1e-5)
     assert ours.score == pytest.approx(float(scores[0]), abs=1e-6)
@@ -88,3 +89,27 @@ def test_mask_prompt_from_a_binary_mask(tiny_sam, real_images) -> None:
 def test_predict_needs_an_image(tiny_sam) -> None:
     with pytest.raises(RuntimeError, match="set_image"):
         PromptSession(tiny_sam).predict(box_xyxy=np.array([0, 0, 5, 5]))
+
+
+def test_box_prompt_masks_are_clipped_to_the_box(tiny_sam, real_images) -> None:
+    """Nothing outside a box prompt is lesion; inside, the clip changes nothing; a positive
+    click outside the box widens what is kept."""
+    from napari_lesion_diffkd.core.sam.coords import box_region
+
+    image, gt = real_images["busbra"]
+    session = PromptSession(tiny_sam)
+    session.set_image(image)
+    h, w = gt.shape
+    box = np.array([w * 0.3, h * 0.3, w * 0.6, h * 0.6])
+    free = session.predict(box_xyxy=box, clip_to_box=False, return_logits=True)
+    clipped = session.predict(box_xyxy=box, return_logits=True)
+    region = box_region(box, gt.shape)
+    assert (free.mask & ~region).any(), "the random model should spill outside the box"
+    assert not (clipped.mask & ~region).any()
+    np.testing.assert_array_equal(clipped.mask[region], free.mask[region])
+    assert clipped.logits[~region].max() <= -10.0
+    np.testing.assert_array_equal(clipped.low_res_logits, free.low_res_logits)
+    click = np.array([[w * 0.9, h * 0.9]])
+    widened = session.predict(box_xyxy=box, points_xy=click, return_logits=True)
+    assert not (widened.mask & ~box_region(box, gt.shape, click)).any()
+    np.testing.assert_array_equal(widened.mask, widened.logits > 0)
