@@ -1,7 +1,8 @@
 """Registered models: bundle folders found by name, and loading by name or path.
 
 Search order for a name: ``$NAPARI_LESION_DIFFKD_MODELS`` (``os.pathsep``-separated folders),
-the user cache ``$NAPARI_LESION_DIFFKD_CACHE`` (default ``~/.cache/napari-lesion-diffkd/models``),
+the user cache's ``models/`` folder (``core/cache_paths.models_cache_dir``: default
+``~/.cache/napari-lesion-diffkd/models``, moved with ``$LESION_DIFFKD_CACHE``),
 then the repository's ``models/`` folder (the committed defaults). A bundle is any
 subfolder holding ``config.json`` and ``model.safetensors``.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from napari_lesion_diffkd.core.cache_paths import models_cache_dir
 from napari_lesion_diffkd.core.bundle import (
     CONFIG_NAME,
     BundleError,
@@ -23,7 +25,6 @@ from napari_lesion_diffkd.core.bundle import (
 )
 
 MODELS_ENV_VAR = "NAPARI_LESION_DIFFKD_MODELS"
-CACHE_ENV_VAR = "NAPARI_LESION_DIFFKD_CACHE"
 
 
 class UnknownModelError(LookupError):
@@ -33,8 +34,7 @@ class UnknownModelError(LookupError):
 def model_dirs() -> list[Path]:
     """Folders searched for bundles, highest priority first."""
     dirs = [Path(p) for p in os.environ.get(MODELS_ENV_VAR, "").split(os.pathsep) if p]
-    cache = os.environ.get(CACHE_ENV_VAR)
-    dirs.append(Path(cache) if cache else Path.home() / ".cache" / "napari-lesion-diffkd" / "models")
+    dirs.append(models_cache_dir())
     dirs.append(Path(__file__).resolve().parents[2] / "models")
     return dirs
 

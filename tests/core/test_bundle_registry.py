@@ -87,3 +87,20 @@ def test_unavailable_device_is_an_error() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_one_cache_root_holds_models_sam_and_onnx(monkeypatch, tmp_path) -> None:
+    """$LESION_DIFFKD_CACHE moves every cache; the older models-only variable still wins
+    for the models folder."""
+    from napari_lesion_diffkd.core import registry
+    from napari_lesion_diffkd.core.onnx.cache import onnx_cache_dir
+    from napari_lesion_diffkd.core.sam.loading import sam_cache_dir
+
+    monkeypatch.delenv("NAPARI_LESION_DIFFKD_CACHE", raising=False)
+    monkeypatch.setenv("LESION_DIFFKD_CACHE", str(tmp_path / "c"))
+    assert registry.model_dirs()[-2] == tmp_path / "c" / "models"
+    assert sam_cache_dir() == tmp_path / "c" / "sam"
+    assert onnx_cache_dir() == tmp_path / "c" / "onnx"
+    monkeypatch.setenv("NAPARI_LESION_DIFFKD_CACHE", str(tmp_path / "legacy"))
+    assert registry.model_dirs()[-2] == tmp_path / "legacy"
+    assert sam_cache_dir() == tmp_path / "c" / "sam"

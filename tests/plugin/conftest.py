@@ -39,7 +39,8 @@ def _none_refcount_guard(qapp):
 def _only_shipped_models(monkeypatch, tmp_path):
     """The registry sees the committed models/ only (no user cache from this machine)."""
     monkeypatch.setenv("NAPARI_LESION_DIFFKD_MODELS", "")
-    monkeypatch.setenv("NAPARI_LESION_DIFFKD_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setenv("LESION_DIFFKD_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.delenv("NAPARI_LESION_DIFFKD_CACHE", raising=False)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Exported ONNX files cached per bundle, so ``--backend onnxruntime`` needs no separate step.
 
 Location: ``<cache>/onnx/`` with ``<cache>`` = ``$LESION_DIFFKD_CACHE`` or
-``~/.cache/napari-lesion-diffkd`` (the convention of ``core/sam/loading.cache_dir``).
+``~/.cache/napari-lesion-diffkd`` (``core/cache_paths.cache_root``).
 File name: ``<bundle name>-<first 16 hex of the weights' SHA-256>-opset<N>.onnx`` (SAMs:
 ``...encoder.onnx`` / ``...decoder.onnx``). The hash keys the file to the exact weights: a
 re-trained bundle under the same name gets a new file, and an old file is never reused for
@@ -15,14 +15,13 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from napari_lesion_diffkd.core.cache_paths import cache_root
 from napari_lesion_diffkd.core.onnx.export import OPSET, export_bundle, export_sam, sam_paths
 
 
 def onnx_cache_dir() -> Path:
     """``<cache>/onnx`` (not created here)."""
-    from napari_lesion_diffkd.core.sam.loading import cache_dir
-
-    return cache_dir() / "onnx"
+    return cache_root() / "onnx"
 
 
 def weights_sha256(path: str | Path | None) -> str | None:

@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from napari_lesion_diffkd.core.cache_paths import CACHE_ENV_VAR, cache_root  # noqa: F401
 from napari_lesion_diffkd.core.sam.architectures import OFFICIAL_ARCHS, build_official_sam
 from napari_lesion_diffkd.core.sam.sam_bundle import LoadedSam, is_sam_bundle, load_sam_bundle
 
-CACHE_ENV_VAR = "LESION_DIFFKD_CACHE"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -103,8 +103,7 @@ _WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 def cache_dir() -> Path:
     """The user cache root: ``$LESION_DIFFKD_CACHE`` or ``~/.cache/napari-lesion-diffkd``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env) if env else Path.home() / ".cache" / "napari-lesion-diffkd"
+    return cache_root()
 
 
 def sam_cache_dir() -> Path:
