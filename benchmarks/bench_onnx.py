@@ -194,7 +194,7 @@ def bench_sam(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         if not len(ys):
             continue
         box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=float)
-        session = PromptSession(loaded)
+        session = PromptSession(loaded, test_time_flip=False)  # same work as ONNX Runtime
         session.set_image(image)  # warm-up
         runtime.embed(image)
         for _ in range(args.repeats):

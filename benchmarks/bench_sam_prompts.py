@@ -8,8 +8,10 @@ For each dataset the validation images are the ones the model never trained on
 (``provenance.val_ids`` of its config; a model without them is refused). Scores come from
 ``core.sam.evaluation.evaluate_prompts`` at each image's own resolution:
 
-* **box Dice**: a box 5% larger than the true lesion's bounding box, with the app's default
-  clip to the box, and without it (the raw decoder mask, as ``SamPredictor`` returns it);
+* **box Dice**: a box 5% larger than the true lesion's bounding box, as the app answers it
+  (clipped to the box, and with the bundle's test-time flip if it has one), and as the raw
+  decoder answers it (one pass, no clip: what ``SamPredictor`` returns), and clipped but
+  without the flip;
 * **eroded / shifted -> 1 click**: a deliberately bad mask (30% erosion, or a 20% shift) as the
   mask prompt plus one positive click at the centre of the largest missed region: Dice
   before -> after;
@@ -72,17 +74,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     sam = load_sam(args.model, device="cpu")
-    session = PromptSession(sam, device="cpu", cache_size=1)
+    session = PromptSession(sam, device="cpu", cache_size=1)  # the app's settings
+    one_pass = PromptSession(sam, device="cpu", cache_size=1, test_time_flip=False)
     rows = []
     for name in args.datasets:
         records = held_out_records(sam, Path(args.data_root) / name)
-        clipped = evaluate_prompts(session, records)["all"]
-        raw = evaluate_prompts(session, records, bad_masks=(), clip_to_box=False)["all"]
-        rows.append({"dataset": name, **clipped, "box_dice_unclipped": raw["box_dice"]})
-        print(f"{name}: n {clipped['n']}, box Dice {clipped['box_dice']:.3f} "
-              f"(unclipped {raw['box_dice']:.3f})", flush=True)
+        app = evaluate_prompts(session, records)["all"]
+        raw = evaluate_prompts(one_pass, records, bad_masks=(), clip_to_box=False)["all"]
+        no_flip = evaluate_prompts(one_pass, records, bad_masks=())["all"]
+        rows.append({"dataset": name, **app, "box_dice_raw": raw["box_dice"],
+                     "box_dice_no_flip": no_flip["box_dice"],
+                     "prompt_ms_one_pass": raw["prompt_ms_median"],
+                     "encode_ms_one_pass": raw["encode_ms_median"]})
+        print(f"{name}: n {app['n']}, box Dice {app['box_dice']:.3f} (raw {raw['box_dice']:.3f},"
+              f" clipped without flip {no_flip['box_dice']:.3f})", flush=True)
     return {"model": args.model, "num_parameters": sum(p.numel() for p in sam.model.parameters()),
-            "rows": rows}
+            "test_time_flip": session.test_time_flip, "rows": rows}
 
 
 def render(summary: dict[str, Any], command: str) -> str:
@@ -93,20 +100,27 @@ def render(summary: dict[str, Any], command: str) -> str:
         f"torch {torch.__version__}, {summary['threads']} thread(s)). Model "
         f"`{summary['model']}` ({summary['num_parameters']:,} parameters); each dataset's "
         "validation images, which the model never trained on. Box: 5% larger than the true "
-        "lesion's bounding box; *clipped* is what the app and `predict --prompt-box` return "
-        "(no pixel outside the box), *raw* the decoder's mask alone. Clicks: one positive "
-        "click at the centre of the largest missed region, with the bad mask as mask prompt.",
+        "lesion's bounding box. *App* is what the correction panel and `predict --prompt-box` "
+        "return: no pixel outside the box"
+        + (", and the mean of the image's and its mirror image's logits (the bundle's "
+           "`test_time_flip`)" if summary["test_time_flip"] else "")
+        + "; *raw* is the decoder's mask alone (one pass, no clip, as `SamPredictor`); "
+        "*clip only* is one pass clipped to the box. Clicks (app settings): one positive click "
+        "at the centre of the largest missed region, with the bad mask as mask prompt. Times "
+        "are medians, app settings / one pass.",
         "",
-        "| dataset | n | box Dice (clipped) | box Dice (raw) | eroded -> 1 click | "
+        "| dataset | n | box Dice app | raw | clip only | eroded -> 1 click | "
         "shifted -> 1 click | prompt ms | encode ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
         lines.append(
-            f"| {r['dataset']} | {r['n']} | {r['box_dice']:.3f} | {r['box_dice_unclipped']:.3f}"
+            f"| {r['dataset']} | {r['n']} | {r['box_dice']:.3f} | {r['box_dice_raw']:.3f}"
+            f" | {r['box_dice_no_flip']:.3f}"
             f" | {r['erode_before']:.3f} -> {r['erode_after']:.3f}"
             f" | {r['shift_before']:.3f} -> {r['shift_after']:.3f}"
-            f" | {r['prompt_ms_median']:.1f} | {r['encode_ms_median']:.0f} |")
+            f" | {r['prompt_ms_median']:.1f} / {r['prompt_ms_one_pass']:.1f}"
+            f" | {r['encode_ms_median']:.0f} / {r['encode_ms_one_pass']:.0f} |")
     target_rows = [r for r in summary["rows"]
                    if r["dataset"] in ("ph2_dermoscopy", "busbra_breast_ultrasound")]
     if target_rows:

@@ -57,7 +57,7 @@ def random_input_parity(name_or_path: str, files: Sequence[str | Path]) -> float
         from napari_lesion_diffkd.core.sam.session import PromptSession
 
         image = (torch.rand((300, 400, 3), generator=gen) * 255).to(torch.uint8).numpy()
-        session = PromptSession(load_sam(name_or_path))
+        session = PromptSession(load_sam(name_or_path), test_time_flip=False)  # ORT: one pass
         session.set_image(image)
         runtime = OnnxSam(*files)
         emb = runtime.embed(image)

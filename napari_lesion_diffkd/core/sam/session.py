@@ -45,11 +45,14 @@ class ImageEmbedding:
         features: (1, C, h, w) float32 image embedding.
         input_hw: (H', W') size of the resized image inside the padded S x S input.
         image_hw: (Y, X) size of the original image.
+        flipped_features: (1, C, h, w) embedding of the left-right mirrored image when the
+            session uses the test-time flip, else None.
     """
 
     features: torch.Tensor
     input_hw: tuple[int, int]
     image_hw: tuple[int, int]
+    flipped_features: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,18 @@ class PromptSession:
         model: a ``segment_anything`` ``Sam`` or a :class:`LoadedSam`.
         device: where to run ("cpu", "cuda", ...); the model is moved there.
         cache_size: embeddings kept (least recently used dropped first).
+        test_time_flip: also encode the left-right mirrored image and average the two
+            answers' logits for prompts without ``mask_logits`` (twice the encoding time, and
+            two decoder calls per prompt). None: the bundle's ``test_time_flip`` config key
+            (on for ``lesion-sam-tiny``, whose encoder costs tens of ms), else off.
     """
 
     def __init__(self, model: nn.Module | LoadedSam, device: str | torch.device = "cpu",
-                 cache_size: int = 4) -> None:
+                 cache_size: int = 4, test_time_flip: bool | None = None) -> None:
+        if test_time_flip is None:
+            config = model.config if isinstance(model, LoadedSam) else {}
+            test_time_flip = bool(config.get("test_time_flip", False))
+        self.test_time_flip = bool(test_time_flip)
         sam = model.model if isinstance(model, LoadedSam) else model
         self.device = torch.device(device)
         self.sam = sam.to(self.device).eval()
@@ -140,17 +151,66 @@ class PromptSession:
             self._current = self._cache[key]
             return key
         start = time.perf_counter()
-        tensor, input_hw = image_to_input(image, self.img_size)
-        tensor = tensor.to(self.device, self.sam.pixel_mean.dtype)
-        features = self.sam.image_encoder(self.sam.preprocess(tensor))
+        features, input_hw = self._encode(image)
+        flipped = self._encode(image[:, ::-1])[0] if self.test_time_flip else None
         self.last_encode_seconds = time.perf_counter() - start
         self.encode_count += 1
-        emb = ImageEmbedding(features, input_hw, (int(image.shape[0]), int(image.shape[1])))
+        emb = ImageEmbedding(features, input_hw, (int(image.shape[0]), int(image.shape[1])),
+                             flipped)
         self._cache[key] = emb
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         self._current = emb
         return key
+
+    def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        tensor, input_hw = image_to_input(np.ascontiguousarray(image), self.img_size)
+        tensor = tensor.to(self.device, self.sam.pixel_mean.dtype)
+        return self.sam.image_encoder(self.sam.preprocess(tensor)), input_hw
+
+    def _decode(self, features: torch.Tensor, points, boxes, dense,
+                multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low-res logits (1, M, L, L), predicted IoUs (1, M)) for one embedding."""
+        sparse, dense_emb = self.sam.prompt_encoder(points=points, boxes=boxes, masks=dense)
+        return self.sam.mask_decoder(
+            image_embeddings=features,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense_emb,
+            multimask_output=multimask,
+        )
+
+    def _prompt_tensors(self, emb: ImageEmbedding, points_xy, point_labels, box_xyxy, mask,
+                        mask_logits):
+        """Prompts in the model-input frame: (points, boxes, dense) tensors or None each."""
+        dev = self.device
+        points = None
+        if points_xy is not None and len(points_xy):
+            xy = xy_to_input_frame(np.asarray(points_xy, dtype=np.float64).reshape(-1, 2),
+                                   emb.image_hw, self.img_size)
+            labels = (np.ones(len(xy)) if point_labels is None
+                      else np.asarray(point_labels).reshape(-1))
+            if len(labels) != len(xy):
+                raise ValueError(f"{len(xy)} points but {len(labels)} labels")
+            points = (torch.as_tensor(xy, dtype=torch.float32, device=dev)[None],
+                      torch.as_tensor(labels, dtype=torch.int64, device=dev)[None])
+        boxes = None
+        if box_xyxy is not None:
+            box = xyxy_to_input_frame(np.asarray(box_xyxy, dtype=np.float64).reshape(4),
+                                      emb.image_hw, self.img_size)
+            boxes = torch.as_tensor(box, dtype=torch.float32, device=dev)[None]
+        if mask_logits is None and mask is not None:
+            if tuple(np.asarray(mask).shape) != emb.image_hw:
+                raise ValueError(f"mask shape {np.asarray(mask).shape} != image {emb.image_hw}")
+            mask_logits = mask_to_prompt_logits(np.asarray(mask), self.img_size, self.low_res_hw)
+        dense = None
+        if mask_logits is not None:
+            lr = np.asarray(mask_logits, dtype=np.float32)
+            lr = lr.reshape(lr.shape[-2:])
+            if lr.shape != self.low_res_hw:
+                raise ValueError(f"mask_logits must be {self.low_res_hw}, got {lr.shape}")
+            dense = torch.as_tensor(lr, device=dev)[None, None]
+        return points, boxes, dense
 
     @torch.no_grad()
     def predict(
@@ -184,54 +244,45 @@ class PromptSession:
                 0.014 on BUS-BRA and 0.03 on CT (docs/benchmarks.md). ``low_res_logits`` stay
                 unclipped (they feed the next refinement).
 
+        With the session's test-time flip and no ``mask_logits``, the logits (and the
+        candidates' scores) are the mean of the image's and the mirrored image's answers.
+
         Returns:
             :class:`PromptResult` (mask in the image frame).
         """
         emb = self.current
         start = time.perf_counter()
-        dev = self.device
-        points = None
-        if points_xy is not None and len(points_xy):
-            xy = xy_to_input_frame(np.asarray(points_xy, dtype=np.float64).reshape(-1, 2),
-                                   emb.image_hw, self.img_size)
-            labels = (np.ones(len(xy)) if point_labels is None
-                      else np.asarray(point_labels).reshape(-1))
-            if len(labels) != len(xy):
-                raise ValueError(f"{len(xy)} points but {len(labels)} labels")
-            points = (torch.as_tensor(xy, dtype=torch.float32, device=dev)[None],
-                      torch.as_tensor(labels, dtype=torch.int64, device=dev)[None])
-        boxes = None
-        if box_xyxy is not None:
-            box = xyxy_to_input_frame(np.asarray(box_xyxy, dtype=np.float64).reshape(4),
-                                      emb.image_hw, self.img_size)
-            boxes = torch.as_tensor(box, dtype=torch.float32, device=dev)[None]
-        dense = None
-        if mask_logits is None and mask is not None:
-            if tuple(np.asarray(mask).shape) != emb.image_hw:
-                raise ValueError(f"mask shape {np.asarray(mask).shape} != image {emb.image_hw}")
-            mask_logits = mask_to_prompt_logits(np.asarray(mask), self.img_size, self.low_res_hw)
-        if mask_logits is not None:
-            lr = np.asarray(mask_logits, dtype=np.float32)
-            lr = lr.reshape(lr.shape[-2:])
-            if lr.shape != self.low_res_hw:
-                raise ValueError(f"mask_logits must be {self.low_res_hw}, got {lr.shape}")
-            dense = torch.as_tensor(lr, device=dev)[None, None]
+        points, boxes, dense = self._prompt_tensors(emb, points_xy, point_labels, box_xyxy,
+                                                    mask, mask_logits)
         if points is None and boxes is None and dense is None:
             raise ValueError("empty prompt: give points, a box or a mask")
         if multimask is None:
             multimask = points is not None and points[0].shape[1] == 1 and boxes is None \
                 and dense is None
-        sparse, dense_emb = self.sam.prompt_encoder(points=points, boxes=boxes, masks=dense)
-        low_res, iou = self.sam.mask_decoder(
-            image_embeddings=emb.features,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense_emb,
-            multimask_output=bool(multimask),
-        )
+        low_res, iou = self._decode(emb.features, points, boxes, dense, bool(multimask))
+        flip = emb.flipped_features is not None and mask_logits is None
+        if flip:
+            # The same prompts in the mirrored image's frame (pixel x -> X - 1 - x).
+            last_x = emb.image_hw[1] - 1
+            f_points = f_box = f_mask = None
+            if points_xy is not None and len(points_xy):
+                f_points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2).copy()
+                f_points[:, 0] = last_x - f_points[:, 0]
+            if box_xyxy is not None:
+                b = np.asarray(box_xyxy, dtype=np.float64).reshape(4)
+                f_box = np.array([last_x - b[2], b[1], last_x - b[0], b[3]])
+            if mask is not None:
+                f_mask = np.asarray(mask)[:, ::-1]
+            f_low, f_iou = self._decode(emb.flipped_features, *self._prompt_tensors(
+                emb, f_points, point_labels, f_box, f_mask, None), bool(multimask))
+            iou = (iou + f_iou) / 2
         best = int(torch.argmax(iou[0]))
         chosen = low_res[:, best:best + 1]
         full = self.sam.postprocess_masks(chosen, emb.input_hw, emb.image_hw)[0, 0]
+        if flip:
+            f_full = self.sam.postprocess_masks(f_low[:, best:best + 1], emb.input_hw,
+                                                emb.image_hw)[0, 0]
+            full = (full + f_full.flip(-1)) / 2
         mask_out = (full > self.sam.mask_threshold).cpu().numpy()
         logits = full.float().cpu().numpy() if return_logits else None
         if clip_to_box and box_xyxy is not None:

@@ -113,3 +113,40 @@ def test_box_prompt_masks_are_clipped_to_the_box(tiny_sam, real_images) -> None:
     widened = session.predict(box_xyxy=box, points_xy=click, return_logits=True)
     assert not (widened.mask & ~box_region(box, gt.shape, click)).any()
     np.testing.assert_array_equal(widened.mask, widened.logits > 0)
+
+
+@pytest.mark.parametrize("name", ["busbra", "ph2"])
+def test_test_time_flip_averages_the_mirrored_answer(tiny_sam, real_images, name) -> None:
+    """With the flip on, the logits are the mean of the plain answer and the answer for the
+    mirrored image and prompts, mirrored back; mask logits from a previous answer skip it."""
+    from napari_lesion_diffkd.core.sam.sam_bundle import LoadedSam
+
+    image, gt = real_images[name]
+    box = mask_to_xyxy(gt)
+    points = np.array([[box[0] + 4.0, box[1] + 6.0], [2.0, 3.0]])
+    labels = np.array([1, 0])
+    last_x = gt.shape[1] - 1
+    plain = PromptSession(tiny_sam, test_time_flip=False)
+    plain.set_image(image)
+    a = plain.predict(points_xy=points, point_labels=labels, box_xyxy=box, mask=gt,
+                      return_logits=True, clip_to_box=False)
+    plain.set_image(np.ascontiguousarray(image[:, ::-1]))
+    f_points = points.copy()
+    f_points[:, 0] = last_x - f_points[:, 0]
+    b = plain.predict(points_xy=f_points, point_labels=labels,
+                      box_xyxy=np.array([last_x - box[2], box[1], last_x - box[0], box[3]]),
+                      mask=gt[:, ::-1], return_logits=True, clip_to_box=False)
+    tta = PromptSession(LoadedSam(tiny_sam, "t", "tiny", {"test_time_flip": True}))
+    assert tta.test_time_flip
+    tta.set_image(image)
+    both = tta.predict(points_xy=points, point_labels=labels, box_xyxy=box, mask=gt,
+                       return_logits=True, clip_to_box=False)
+    np.testing.assert_allclose(both.logits, (a.logits + b.logits[:, ::-1]) / 2, atol=1e-4)
+    assert both.score == pytest.approx((a.score + b.score) / 2, abs=1e-5)
+    np.testing.assert_array_equal(both.low_res_logits, a.low_res_logits)
+    refined = tta.predict(box_xyxy=box, mask_logits=a.low_res_logits, return_logits=True,
+                          clip_to_box=False)
+    plain.set_image(image)
+    same = plain.predict(box_xyxy=box, mask_logits=a.low_res_logits, return_logits=True,
+                         clip_to_box=False)
+    np.testing.assert_allclose(refined.logits, same.logits, atol=1e-5)
