@@ -32,3 +32,13 @@ def test_box_prompt_on_held_out_busbra(sam, data_root):
         sam, _held_out(sam, data_root / "busbra_breast_ultrasound", 8))["all"]
     assert result["box_dice"] > 0.75
     assert result["shift_after"] > result["shift_before"]
+
+
+def test_box_dice_target_on_the_whole_held_out_ph2_and_busbra(sam, data_root):
+    """The SAM issue's target, with the app's settings (clip to the box, test-time flip)."""
+    assert sam.config.get("test_time_flip") is True
+    for folder in ("ph2_dermoscopy", "busbra_breast_ultrasound"):
+        records = _held_out(sam, data_root / folder, 32)
+        result = evaluate_prompts(sam, records, bad_masks=())["all"]
+        assert result["n"] == len(records)
+        assert result["box_dice"] >= 0.88, (folder, result["box_dice"])
