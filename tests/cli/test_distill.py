@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -240,3 +241,25 @@ def test_a_corrupt_unlabelled_image_is_named(tiny_bundle: Path, ph2_subset: Path
                  str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert code == 2
     assert "--unlabeled" in capsys.readouterr().err
+
+
+def test_spread_term_trains_on_sample_sets(tiny_bundle: Path, ph2_subset: Path,
+                                           tmp_path: Path) -> None:
+    """With the spread (CRPS) term on, batches hold G noises per image and training runs to
+    the end; the setting is kept in the bundle's config."""
+    config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
+    config.update(max_steps=4, val_every=4, checkpoint_every=4, trajectory_noises=3,
+                  trajectory_spread_weight=2.0, trajectory_spread_samples=3)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "spread"
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(tmp_path / "s.yaml"), "--data", str(ph2_subset), "--out", str(out),
+                 "--device", "cpu"])
+    assert code == 0
+    saved = json.loads((out / "config.json").read_text())
+    train_config = saved["provenance"]["train_config"]
+    assert train_config["trajectory_spread_weight"] == 2.0
+    assert train_config["trajectory_spread_samples"] == 3
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert losses and all(np.isfinite(losses))

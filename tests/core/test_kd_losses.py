@@ -224,3 +224,28 @@ def test_edge_band_commutes_with_flips(ph2_pairs) -> None:
         edge_of_flip, _ = efkd_region_masks(masks.flip(dims), 0, T)
         flip_of_edge = efkd_region_masks(masks, 0, T)[0].flip(dims)
         assert torch.equal(edge_of_flip, flip_of_edge)
+
+
+def test_spread_crps_is_lowest_for_samples_with_the_teachers_vote_fraction() -> None:
+    """Per pixel, 4 samples with one lesion vote match a teacher vote fraction of 1/4 better
+    than 4 identical soft samples of 1/4, or 4 agreeing ones; the value is the closed form."""
+    from napari_lesion_diffkd.core.distillation.kd_losses import spread_crps
+
+    votes = torch.full((1, 1, 3, 3), 0.25)
+
+    def samples(values):  # q in [0, 1] -> x0 in [-1, 1], (1, G, 1, 3, 3)
+        return (torch.tensor(values).reshape(1, -1, 1, 1, 1).expand(1, len(values), 1, 3, 3)
+                * 2 - 1)
+
+    matching = spread_crps(samples([1.0, 0.0, 0.0, 0.0]), votes)
+    soft_mean = spread_crps(samples([0.25] * 4), votes)
+    all_off = spread_crps(samples([0.0] * 4), votes)
+    all_on = spread_crps(samples([1.0] * 4), votes)
+    assert float(matching) < float(soft_mean) < float(all_on)
+    assert float(matching) < float(all_off)
+    # Closed form: against the teacher 1/4 (0.75) + 3/4 (0.25) = 0.375; within: 6 of the 12
+    # ordered pairs differ -> 0.5; CRPS = 0.375 - 0.25 = 0.125. All off: 0.25.
+    assert float(matching) == pytest.approx(0.125)
+    assert float(all_off) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="two samples"):
+        spread_crps(samples([1.0]), votes)

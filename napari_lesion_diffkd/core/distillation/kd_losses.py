@@ -175,3 +175,33 @@ def efkd_loss(
         [loss_edge.detach(), loss_body.detach(), edge.mean()]
     ).tolist()
     return loss, {"kd_edge": kd_edge, "kd_body": kd_body, "edge_fraction": fraction}
+
+
+def spread_crps(x0_groups: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+    """Per-pixel CRPS between a student's sample set and a teacher's masks of one image.
+
+    With the student's soft samples q_g = (x0_g + 1) / 2 and the teacher's binary masks, whose
+    per-pixel vote fraction is f, the continuous ranked probability score of the sample set is
+
+        mean_g [ f (1 - q_g) + (1 - f) q_g ]  -  1/2 mean_{g != g'} |q_g - q_g'|,
+
+    a proper scoring rule: per pixel it is smallest when the q_g are 0 or 1 with a fraction
+    f of ones, so the student's samples disagree where, and as often as, the teacher's do.
+
+    Args:
+        x0_groups: (N, G, 1, H, W) student x0 outputs in [-1, 1], G samples of each of N images.
+        votes: (N, 1, H, W) the teacher's vote fraction in [0, 1] for each image.
+
+    Returns:
+        Scalar mean over images and pixels.
+    """
+    q = (x0_groups.float().clamp(-1, 1) + 1) / 2
+    f = votes.float()[:, None]
+    against_teacher = (f * (1 - q) + (1 - f) * q).mean(dim=1)
+    g = q.shape[1]
+    if g < 2:
+        raise ValueError("spread_crps needs at least two samples per image")
+    # The "fair" estimator (pairs g != g'): unbiased for any G, so the optimum is the
+    # teacher's spread itself, not a narrower one.
+    within = (q[:, :, None] - q[:, None, :]).abs().sum(dim=(1, 2)) / (g * (g - 1))
+    return (against_teacher - 0.5 * within).mean()

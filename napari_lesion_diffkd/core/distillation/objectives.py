@@ -154,7 +154,7 @@ class Distillation:
             indices: training-set index of each row (selects cached targets and seeds).
             generator: CPU generator (which noise per row, flips).
         """
-        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_loss
+        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_loss, spread_crps
         from napari_lesion_diffkd.core.distillation.trajectory import (
             flip_consistently,
             trajectory_noise,
@@ -165,21 +165,46 @@ class Distillation:
         assert self.targets is not None, "prepare_targets() runs before training"
         c = self.config
         m_count = self.targets.shape[1]
-        which = torch.randint(0, m_count, (len(indices),), generator=generator).tolist()
+        group = 1
+        if c.trajectory_spread_weight > 0:
+            # G rows per image with distinct noises, so the rows of one image form a sample set.
+            group = max(1, min(int(c.trajectory_spread_samples), m_count, len(indices)))
+            n_img = max(1, len(indices) // group)
+            indices = [indices[r] for r in range(n_img) for _ in range(group)]
+            images = images[:n_img].repeat_interleave(group, 0)
+            masks = masks[:n_img].repeat_interleave(group, 0)
+            which = torch.cat([torch.randperm(m_count, generator=generator)[:group]
+                               for _ in range(n_img)]).tolist()
+        else:
+            which = torch.randint(0, m_count, (len(indices),), generator=generator).tolist()
         seeds = [trajectory_seed(c.seed, i, m, m_count) for i, m in zip(indices, which)]
         noise = trajectory_noise(seeds, tuple(masks.shape[1:]), images.device)
         target = torch.stack([self.targets[i, m] for i, m in zip(indices, which)]).to(
             images.device)
         edge = torch.stack([self.edges[i, m] for i, m in zip(indices, which)]).to(
             images.device, torch.float32)
-        images, noise, target, masks, edge = flip_consistently(
-            [images, noise, target, masks, edge], generator, vertical=c.vertical_flip)
+        # The teacher's per-pixel vote fraction over all its cached masks of the row's image.
+        votes = torch.stack([(self.targets[i] > 0).float().mean(0) for i in indices]).to(
+            images.device)
+        tensors = [images, noise, target, masks, edge, votes]
+        if group > 1:
+            # One flip per image (its G rows together), so its samples stay aligned.
+            merged = [x.reshape(-1, group * x.shape[1], *x.shape[2:]) for x in tensors]
+            merged = flip_consistently(merged, generator, vertical=c.vertical_flip)
+            tensors = [m.reshape(x.shape) for m, x in zip(merged, tensors)]
+        else:
+            tensors = flip_consistently(tensors, generator, vertical=c.vertical_flip)
+        images, noise, target, masks, edge, votes = tensors
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         top = torch.full((len(indices),), float(self.schedule.num_timesteps - 1),
                          device=images.device)
         x0 = network(noise, top, images).float()
         loss, _ = efkd_loss(x0, target, edge, 1 - edge, c.efkd_lambda_edge, c.efkd_lambda_body)
+        if group > 1:
+            loss = loss + c.trajectory_spread_weight * spread_crps(
+                x0.reshape(-1, group, *x0.shape[1:]),
+                votes.reshape(-1, group, *votes.shape[1:])[:, 0])
         labelled = masks.flatten(1).abs().amax(dim=1) > 0  # all-zero rows: unlabelled images
         if c.trajectory_gt_weight > 0 and bool(labelled.any()):
             # x0 in [-1, 1] as a logit of scale 4 (the staged objective's x0 head convention).

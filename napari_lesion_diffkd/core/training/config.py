@@ -65,6 +65,12 @@ class TrainConfig:
         trajectory_noises: teacher masks (noises) cached per training image.
         trajectory_gt_weight: weight of Dice + BCE against the label, added to the trajectory
             loss (0: pure distillation).
+        trajectory_spread_weight: weight of a per-pixel CRPS between the student's samples of
+            an image and the teacher's cached masks of it (0: off). It rewards samples whose
+            vote fraction per pixel matches the teacher's, i.e. the teacher's spread, which a
+            per-noise regression alone cannot learn (its optimum is the mean mask).
+        trajectory_spread_samples: G, samples per image in a batch when the spread term is on
+            (the batch then holds batch_size // G images, G noises each).
         lr_schedule: ``"cosine"`` over ``max_steps`` or ``"plateau"`` (LR x ``plateau_factor``
             after ``plateau_patience`` validations without a better Dice).
     """
@@ -122,6 +128,8 @@ class TrainConfig:
     efkd_lambda_body: float = 2.0
     trajectory_noises: int = 8
     trajectory_gt_weight: float = 0.0
+    trajectory_spread_weight: float = 0.0
+    trajectory_spread_samples: int = 4
     lr_schedule: str = "cosine"
     plateau_patience: int = 3
     plateau_factor: float = 0.5
