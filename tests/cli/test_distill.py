@@ -263,3 +263,16 @@ def test_spread_term_trains_on_sample_sets(tiny_bundle: Path, ph2_subset: Path,
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in log if "loss" in row]
     assert losses and all(np.isfinite(losses))
+
+
+def test_start_bundle_by_registered_name_or_a_clear_error(tiny_bundle: Path, ph2_subset: Path,
+                                                           tmp_path: Path, capsys) -> None:
+    """``init_bundle`` takes a registered name like a folder; an unknown one is one line."""
+    config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
+    config.update(max_steps=2, val_every=2, checkpoint_every=2, init_bundle="no-such-model")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    code = main(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                 str(tmp_path / "s.yaml"), "--data", str(ph2_subset), "--out",
+                 str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-such-model" in err and "Traceback" not in err

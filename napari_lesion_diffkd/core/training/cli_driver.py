@@ -97,6 +97,7 @@ def train_from_cli(args: argparse.Namespace) -> int:
         if len(sys.argv) > 1 else None,
         "git_commit": git_commit(),
     }
+    from napari_lesion_diffkd.core.bundle import BundleError
     from napari_lesion_diffkd.core.training.distributed import init_from_env
 
     device = resolve_device(args.device)
@@ -107,7 +108,9 @@ def train_from_cli(args: argparse.Namespace) -> int:
                   provenance=provenance, unlabelled=unlabelled),
             on_event=_ConsoleProgress() if info.is_main else None,
         )
-    except (ValueError, FileNotFoundError) as exc:  # bad config/teacher/resume: a clear line
+    except (ValueError, FileNotFoundError, LookupError, BundleError) as exc:
+        # A bad config, teacher, resume or start bundle (unknown name, broken folder): one
+        # clear line, no traceback.
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     if info.is_main:

@@ -288,9 +288,10 @@ def _build(config: TrainConfig, device: torch.device) -> nn.Module:
         network.load_condition_state(seg.network.state_dict())
         network.freeze_condition()
     if config.init_bundle:  # fine-tuning: start from a trained bundle's (fp16-stored) weights
-        from napari_lesion_diffkd.core.bundle import load_bundle
+        from napari_lesion_diffkd.core.registry import load_model
 
-        network.load_state_dict(load_bundle(config.init_bundle).network.state_dict())
+        # A registered name (e.g. "ct-student") or a bundle folder.
+        network.load_state_dict(load_model(config.init_bundle).network.state_dict())
     return network.to(device)
 
 
