@@ -287,9 +287,8 @@ class PromptSession:
         logits = full.float().cpu().numpy() if return_logits else None
         if clip_to_box and box_xyxy is not None:
             positive = None
-            if points_xy is not None and len(points_xy):
-                labels = (np.ones(len(points_xy)) if point_labels is None
-                          else np.asarray(point_labels).reshape(-1))
+            if points is not None:  # its labels were checked and defaulted above
+                labels = points[1][0].cpu().numpy()
                 positive = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)[labels > 0]
             region = box_region(box_xyxy, emb.image_hw, positive)
             mask_out &= region

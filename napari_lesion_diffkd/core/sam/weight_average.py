@@ -20,13 +20,8 @@ import torch
 
 from napari_lesion_diffkd.core.bundle import WEIGHTS_NAME, BundleError
 from napari_lesion_diffkd.core.sam.architectures import TINY_ARCH, TinySamConfig
+from napari_lesion_diffkd.core.sam.loading import sha256_file
 from napari_lesion_diffkd.core.sam.sam_bundle import load_sam_bundle, save_sam_bundle
-
-
-def _sha256(path: Path) -> str:
-    from napari_lesion_diffkd.core.sam.loading import sha256_file
-
-    return sha256_file(path)
 
 
 def average_sam_bundles(
@@ -97,7 +92,7 @@ def average_sam_bundles(
         config["name"] = name
     provenance = dict(first.config.get("provenance") or {})
     provenance["averaged_from"] = [
-        {"folder": str(f), "weights_sha256": _sha256(f / WEIGHTS_NAME), "weight": w,
+        {"folder": str(f), "weights_sha256": sha256_file(f / WEIGHTS_NAME), "weight": w,
          "command": (s.config.get("provenance") or {}).get("command"),
          "steps": (s.config.get("provenance") or {}).get("steps")}
         for f, s, w in zip(folders, loaded, weights)
