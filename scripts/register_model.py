@@ -176,7 +176,19 @@ def _distillation_lines(config: dict) -> list[str]:
     else:
         recipe = (f"seed 000 KD ({tc.get('kd_method')}, weight {tc.get('kd_weight')}) added to "
                   "the diffusion and boundary-aware losses")
-    return ["## Distillation", "", f"- teacher: `{tc['teacher']}`", f"- recipe: {recipe}", ""]
+    lines = ["## Distillation", "", f"- teacher: `{tc['teacher']}`", f"- recipe: {recipe}"]
+    cal = config["provenance"].get("spread_calibration")
+    if cal:
+        scores = ", ".join(f"{c['factor']:g}: {c['variance_correlation']:.3f}"
+                           for c in cal["candidates"])
+        lines.append(
+            f"- spread calibration: `sampler.spread_inflation` = {cal['factor']:g}, fitted by "
+            f"`lesion-diffkd calibrate-spread` against `{cal['teacher']}` on {cal['num_images']} "
+            f"training images (K = {cal['num_samples']}, same noises for both models): mean "
+            f"hard pixel-variance correlation per factor {scores}. Each of the K samples' "
+            "deviation from their mean is multiplied by the factor (K = 1 is unchanged). "
+            f"Command: `{cal.get('command')}`")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import sys
 from napari_lesion_diffkd import __version__
 
 SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo", "job", "sam_finetune",
-               "simulate_al", "loop", "export_onnx", "sam_average")
+               "simulate_al", "loop", "export_onnx", "sam_average", "calibrate_spread")
 
 
 def build_parser() -> argparse.ArgumentParser:

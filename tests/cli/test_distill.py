@@ -276,3 +276,35 @@ def test_start_bundle_by_registered_name_or_a_clear_error(tiny_bundle: Path, ph2
                  str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-model" in err and "Traceback" not in err
+
+
+def test_calibrate_spread_fits_on_training_images_and_writes_a_copy(
+        tiny_student: Path, tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    """``calibrate-spread`` uses only the student's training images, picks a factor from the
+    grid, and writes a new bundle with the same weights; bad input is one error line."""
+    out = tmp_path / "calibrated"
+    code = main(["calibrate-spread", "--student", str(tiny_student), "--teacher",
+                 str(tiny_bundle), "--out", str(out), "--images", "3", "--k", "3",
+                 "--grid", "1", "2", "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((out / "config.json").read_text())
+    record = saved["provenance"]["spread_calibration"]
+    assert printed["factor"] == saved["sampler"]["spread_inflation"] == record["factor"]
+    assert record["factor"] in (1.0, 2.0) and len(record["candidates"]) == 2
+    val_ids = set(saved["provenance"]["split"]["val_ids"])
+    assert len(record["image_ids"]) == 3 and not val_ids & set(record["image_ids"])
+    assert (out / "model.safetensors").read_bytes() == \
+        (tiny_student / "model.safetensors").read_bytes()
+    source = json.loads((tiny_student / "config.json").read_text())
+    assert "spread_inflation" not in source["sampler"]  # the student itself is unchanged
+
+    for args, message in ((["--student", str(tmp_path / "none")], "none"),
+                          (["--student", str(tiny_bundle)], "one-step"),
+                          (["--student", str(tiny_student), "--out", str(tiny_student)],
+                           "new folder")):
+        argv = ["calibrate-spread", "--teacher", str(tiny_bundle), "--out",
+                str(tmp_path / "x"), "--images", "1", "--k", "2", *args]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

@@ -219,6 +219,33 @@ def to_samples(x0: torch.Tensor, num_images: int, num_samples: int) -> torch.Ten
     return x0.float().clamp(-1.0, 1.0).reshape(num_images, num_samples, *x0.shape[1:])
 
 
+def inflate_spread(samples: torch.Tensor, factor: float) -> torch.Tensor:
+    """Multiply each image's sample deviations from their mean by ``factor``.
+
+    Multiplicative ensemble inflation (as in ensemble data assimilation): sample k becomes
+    ``mean + factor * (x_k - mean)``, the mean taken over the K samples of its image, then
+    clamped to [-1, 1]. The K-sample mean is unchanged (up to the clamp) and K = 1 is
+    returned as it is. Why: a one-call student that cannot tell which initial noise leads the
+    teacher to which mask regresses towards the teacher's per-pixel vote fraction, so its K
+    soft outputs differ less than the teacher's near-binary masks and, once thresholded,
+    agree where the teacher's disagree. ``factor`` is fitted on training images
+    (``core/distillation/spread_calibration.py``).
+
+    Args:
+        samples: (N, K, C, H, W) float x0 samples in [-1, 1].
+        factor: > 0; 1 returns ``samples`` unchanged.
+
+    Returns:
+        (N, K, C, H, W) float32 in [-1, 1].
+    """
+    if factor <= 0:
+        raise ValueError(f"spread inflation must be > 0, got {factor}")
+    if factor == 1.0 or samples.shape[1] == 1:
+        return samples
+    mean = samples.mean(dim=1, keepdim=True)
+    return (mean + factor * (samples - mean)).clamp(-1.0, 1.0)
+
+
 # -- base class ------------------------------------------------------------------------------------
 class Sampler:
     """Base of the samplers: config handling and the checks of :meth:`sample`.
