@@ -299,6 +299,19 @@ def test_calibrate_spread_fits_on_training_images_and_writes_a_copy(
     source = json.loads((tiny_student / "config.json").read_text())
     assert "spread_inflation" not in source["sampler"]  # the student itself is unchanged
 
+    # Registered, its model card states the factor and every candidate's score.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "register_model", Path(__file__).parents[2] / "scripts" / "register_model.py")
+    register = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(register)
+    assert register.main([str(out), "--models-dir", str(tmp_path / "models")]) == 0
+    capsys.readouterr()
+    card = (tmp_path / "models" / saved["name"] / "README.md").read_text()
+    assert f"`sampler.spread_inflation` = {record['factor']:g}" in card
+    assert f"1: {record['candidates'][0]['variance_correlation']:.3f}" in card
+
     for args, message in ((["--student", str(tmp_path / "none")], "none"),
                           (["--student", str(tiny_bundle)], "one-step"),
                           (["--student", str(tiny_student), "--out", str(tiny_student)],
