@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_variance_ceiling.py [--modality ct] [--images 16] [--k 8]
         [--threads 2] [--teacher NAME_OR_PATH] [--student NAME_OR_PATH]
+        [--factors F [F ...]]
 
 On ``--images`` evenly spaced validation images of the student's split, K samples each
 (``segment_image``, hard masks at the original resolution), prints the mean per-image Pearson
@@ -13,12 +14,17 @@ correlation of the pixel-variance maps (``variance_correlation``) for:
 * student seed 0 vs teacher seed 0: the pairing of ``bench_students.py`` (same noises);
 * student seed 1 vs teacher seed 0: the student's spread against the teacher's, noises apart.
 
+With ``--factors``, the two student rows are repeated for each spread-inflation factor of the
+one-step sampler (``OneStepSampler(spread_inflation=F)``; 1 = the raw samples), whatever
+factor the student's bundle stores.
+
 Prints one JSON line; writes nothing (docs/benchmarks.md quotes it by hand, with this command).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--teacher", default=None, help="default: <modality>-teacher")
     p.add_argument("--student", default=None, help="default: <modality>-student")
+    p.add_argument("--factors", type=float, nargs="+", default=None,
+                   help="spread-inflation factors to try (default: the bundle's own)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -67,21 +75,30 @@ def main(argv: list[str] | None = None) -> int:
         return run_to_completion(segment_image(bundle, image, num_samples=args.k,
                                                seed=seed)).samples
 
+    def with_factor(factor):
+        sampler = {**student.config.get("sampler", {}), "spread_inflation": factor}
+        return dataclasses.replace(student, config={**student.config, "sampler": sampler})
+
+    students = ({None: student} if not args.factors
+                else {f: with_factor(f) for f in args.factors})
     rows = []
     for i in picks:
         image, _ = read_pair(records[i])
         t0, t1 = samples(teacher, image, 0), samples(teacher, image, 1)
-        s0, s1 = samples(student, image, 0), samples(student, image, 1)
-        rows.append([variance_correlation(t0, t1), variance_correlation(s0, t0),
-                     variance_correlation(s1, t0)])
+        row = [variance_correlation(t0, t1)]
+        for bundle in students.values():
+            s0, s1 = samples(bundle, image, 0), samples(bundle, image, 1)
+            row += [variance_correlation(s0, t0), variance_correlation(s1, t0)]
+        rows.append(row)
         print(records[i].id, np.round(rows[-1], 3), file=sys.stderr, flush=True)
-    means = np.nanmean(np.array(rows, dtype=np.float64), axis=0)
-    print(json.dumps({
-        "teacher": teacher.name, "student": student.name, "images": len(rows), "k": args.k,
-        "teacher_seed0_vs_teacher_seed1": round(float(means[0]), 3),
-        "student_seed0_vs_teacher_seed0": round(float(means[1]), 3),
-        "student_seed1_vs_teacher_seed0": round(float(means[2]), 3),
-    }))
+    means = [round(float(m), 3) for m in np.nanmean(np.array(rows, dtype=np.float64), axis=0)]
+    summary = {"teacher": teacher.name, "student": student.name, "images": len(rows),
+               "k": args.k, "teacher_seed0_vs_teacher_seed1": means[0]}
+    for j, factor in enumerate(students):
+        tag = "" if factor is None else f"_inflation_{factor:g}"
+        summary[f"student_seed0_vs_teacher_seed0{tag}"] = means[1 + 2 * j]
+        summary[f"student_seed1_vs_teacher_seed0{tag}"] = means[2 + 2 * j]
+    print(json.dumps(summary))
     return 0
 
 

@@ -173,6 +173,13 @@ def _distillation_lines(config: dict) -> list[str]:
                   f"t = T - 1; EFKD edge/body weighting (tau {tc['efkd_tau']}, lambda_e "
                   f"{tc['efkd_lambda_edge']}, lambda_b {tc['efkd_lambda_body']}) plus "
                   f"{tc['trajectory_gt_weight']} x (Dice + BCE) against the labels")
+        if tc.get("trajectory_spread_weight"):
+            recipe += (f"; plus {tc['trajectory_spread_weight']:g} x the spread term "
+                       "(`kd_losses.spread_crps`: fair CRPS between "
+                       f"{tc.get('trajectory_spread_samples')} student samples of an image and "
+                       "the teacher's per-pixel vote fraction over its cached masks)")
+        if tc.get("init_bundle"):
+            recipe += f"; started from the weights of `{tc['init_bundle']}`"
     else:
         recipe = (f"seed 000 KD ({tc.get('kd_method')}, weight {tc.get('kd_weight')}) added to "
                   "the diffusion and boundary-aware losses")

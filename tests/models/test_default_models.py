@@ -51,3 +51,38 @@ def test_default_student_uncertainty_detects_its_errors(student_results):
 
 def test_default_student_samples_differ(student_results):
     assert any(np.any(r.samples != r.samples[:1]) for r, _ in student_results)
+
+
+def test_default_ct_student_samples_with_its_fitted_spread_on_held_out_slices(data_root):
+    """``ct-student`` stores the factor its calibration picked (the best-scoring candidate, on
+    training slices only), and its K samples on held-out slices are the raw one-step samples
+    inflated by that factor: same mean, wider spread, first mask (K = 1) unchanged."""
+    import torch
+
+    from napari_lesion_diffkd.core.data.preprocess import prepare_image
+    from napari_lesion_diffkd.core.diffusion.samplers import build_sampler
+    from napari_lesion_diffkd.core.diffusion.sampling_common import inflate_spread
+    from napari_lesion_diffkd.core.segmenter import build_bundle_sampler, sample_seeds
+
+    bundle = load_model("ct-student")
+    record = bundle.config["provenance"]["spread_calibration"]
+    best = max(record["candidates"], key=lambda c: c["variance_correlation"])
+    factor = bundle.config["sampler"]["spread_inflation"]
+    assert factor == record["factor"] == best["factor"] > 1
+    val_ids = set(bundle.config["provenance"]["split"]["val_ids"])
+    assert not val_ids & set(record["image_ids"])  # fitted on training slices only
+
+    sampler = build_bundle_sampler(bundle, None, None)
+    raw = build_sampler("one-step", bundle.schedule, bundle.prediction_target)
+    seeds = sample_seeds(0, 8)
+    spreads = []
+    for r in _val_records(bundle, data_root / "covid19_ct_infection")[:3]:
+        image = prepare_image(read_pair(r)[0], bundle.input_size, bundle.image_channels)[None]
+        inflated = run_to_completion(sampler.sample(bundle.network, image, 8, seeds=seeds))
+        plain = run_to_completion(raw.sample(bundle.network, image, 8, seeds=seeds))
+        torch.testing.assert_close(inflated, inflate_spread(plain, factor))
+        first = run_to_completion(sampler.sample(bundle.network, image, 1, seeds=seeds[:1]))
+        torch.testing.assert_close(first, plain[:, :1])
+        spreads.append(((inflated > 0).float().var(1).mean() - (plain > 0).float().var(1).mean())
+                       .item())
+    assert np.mean(spreads) > 0  # the hard masks disagree on more pixels
