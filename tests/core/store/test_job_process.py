@@ -90,17 +90,33 @@ def test_cancel_then_sigkill_mid_training_then_resume_to_the_end(
 
 
 def test_a_second_heavy_job_waits_for_the_device(project: ProjectStore) -> None:
+    """A predict job started while a training job holds the CPU waits (and says so) until
+    the training ends, then runs. The training is held open by a long budget and cancelled
+    only once the second job has announced its wait, so no timing decides the outcome."""
+    trainer = project.jobs.submit("train", train_config(minutes=5))
+    first = start_job_process(project.root, trainer.id, poll_s=0.1, env=ONE_THREAD)
+    wait_for_checkpoint(project, trainer.id, first)  # it holds the CPU now
     names = [image.name for image in project.images()[:2]]
-    config = {"model": "dermoscopy-student", "num_samples": 2, "device": "cpu",
-              "threads": 1, "images": names, "reuse": False}
-    jobs = [project.jobs.submit("predict", config) for _ in range(2)]
-    procs = [start_job_process(project.root, j.id, poll_s=0.1, env=ONE_THREAD) for j in jobs]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    a, b = sorted((project.jobs.get(j.id) for j in jobs), key=lambda r: r.started_at)
-    assert a.status == b.status == "done"
+    predict = project.jobs.submit("predict", {
+        "model": "dermoscopy-student", "num_samples": 2, "device": "cpu", "threads": 1,
+        "images": names, "reuse": False})
+    second = start_job_process(project.root, predict.id, poll_s=0.1, env=ONE_THREAD)
+    log = job_dir(project.root, predict.id) / PROCESS_LOG
+    deadline = time.monotonic() + 90
+    while not (log.is_file() and "waits for cpu" in log.read_text()):
+        if second.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("the second job did not wait for the CPU:\n"
+                        + (log.read_text() if log.is_file() else "(no log)"))
+        time.sleep(0.05)
+    assert project.jobs.get(predict.id).status == "queued"
+    cancel_job(project.root, trainer.id, grace_s=30, process=first)
+    assert first.wait(timeout=30) == 3
+    assert second.wait(timeout=120) == 0
+    a, b = project.jobs.get(trainer.id), project.jobs.get(predict.id)
+    assert (a.status, b.status) == ("cancelled", "done")
     assert b.started_at >= a.finished_at  # never both on the CPU at once
-    assert "waits for cpu" in (job_dir(project.root, b.id) / PROCESS_LOG).read_text()
-    assert len(project.predictions()) == 4
+    assert f"held by job {trainer.id}" in log.read_text()
+    assert len(project.predictions()) == 2
 
 
 def test_a_job_cancelled_before_its_process_starts_stays_cancelled(
