@@ -153,3 +153,19 @@ def test_calibration_refuses_unusable_inputs(tmp_path: Path) -> None:
     other = type(student)(network=student.network, schedule=student.schedule, config=ddim)
     with pytest.raises(ValueError, match="one-step students"):
         next(calibrate_spread_inflation(student, other, images))
+
+
+def test_calibration_can_be_closed_between_events(tmp_path: Path) -> None:
+    """Closing the job generator mid-image stops it cleanly (no result, no error)."""
+    from napari_lesion_diffkd.core.distillation.spread_calibration import (
+        calibrate_spread_inflation,
+    )
+    from napari_lesion_diffkd.core.registry import load_model
+
+    student = load_model(_save_student(tmp_path / "student", _tiny_student(), None))
+    gen = calibrate_spread_inflation(student, student, torch.zeros(3, 3, 32, 32), num_samples=2)
+    event = next(gen)
+    assert event.step == 1 and event.total == 3
+    gen.close()
+    with pytest.raises(StopIteration):
+        next(gen)

@@ -163,6 +163,8 @@ def calibrate_spread_inflation(
                 event = next(t_gen)
         except StopIteration as stop:
             t_x0 = stop.value
+        finally:
+            t_gen.close()  # also when this generator is closed mid-image
         s_x0 = run_to_completion(raw_student.sample(
             student.network, image.to(_device(student)), num_samples, seeds=seeds))
         t_hard = (t_x0[0, :, 0] > 0).cpu()
