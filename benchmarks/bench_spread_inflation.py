@@ -14,8 +14,9 @@ of the split ``bench_students.py`` uses, with seed 0 for every model (the same K
   per-image ``sample_disagreement`` and 1 − Dice (the two "informative uncertainty" figures
   of ``bench_students.py``).
 
-The teacher runs once per image. Prints a Markdown table and one JSON line; writes nothing
-(docs/benchmarks.md quotes it by hand, with this command).
+The teacher runs once per image; its own Dice, error AUROC and Spearman head the table.
+Prints a Markdown table and one JSON line; writes nothing (docs/benchmarks.md quotes it by
+hand, with this command).
 """
 
 from __future__ import annotations
@@ -68,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     records = validation_records(teacher, next(iter(students.values())), args.images)
     variants = {(name, f): with_factor(bundle, f) for name, bundle in students.items()
                 for f in args.factors}
-    rows: dict[tuple[str, float], list[dict]] = {key: [] for key in variants}
+    rows: dict[tuple[str, float | None], list[dict]] = {(teacher.name, None): []}
+    rows.update({key: [] for key in variants})
     for i, record in enumerate(records):
         image, mask = read_pair(record)
-        t_samples = segment(teacher, image, args.k).samples
+        t_result = segment(teacher, image, args.k)
+        t_samples = t_result.samples
+        rows[(teacher.name, None)].append({**score_result(t_result, mask),
+                                           "corr": float("nan")})
         for key, bundle in variants.items():
             result = segment(bundle, image, args.k)
             row = score_result(result, mask)
@@ -82,17 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for (name, factor), rs in rows.items():
         dice = [r["dice"] for r in rs]
+        corr = [r["corr"] for r in rs]
         summary.append({
             "student": name, "factor": factor, "dice": round(_mean(dice), 4),
-            "variance_corr": round(float(np.nanmean([r["corr"] for r in rs])), 3),
+            "variance_corr": (round(float(np.nanmean(corr)), 3) if np.isfinite(corr).any()
+                              else None),
             "auroc_pooled": round(_pooled_auroc([r["counts"] for r in rs]), 3),
             "spearman": round(spearman([r["disagreement"] for r in rs], [1 - d for d in dice]),
                               2),
         })
-    print(f"| student | factor | Dice | variance corr. (hard) | error AUROC | Spearman |")
+    print("| model | factor | Dice | variance corr. (hard) | error AUROC | Spearman |")
     print("|---|---|---|---|---|---|")
     for s in summary:
-        print(f"| {s['student']} | {s['factor']:g} | {s['dice']:.4f} | {s['variance_corr']:.3f} "
+        factor = "teacher" if s["factor"] is None else f"{s['factor']:g}"
+        corr = "–" if s["variance_corr"] is None else f"{s['variance_corr']:.3f}"
+        print(f"| {s['student']} | {factor} | {s['dice']:.4f} | {corr} "
               f"| {s['auroc_pooled']:.3f} | {s['spearman']:.2f} |")
     print(json.dumps({"teacher": teacher.name, "images": len(records), "k": args.k,
                       "results": summary}))

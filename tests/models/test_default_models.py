@@ -53,10 +53,13 @@ def test_default_student_samples_differ(student_results):
     assert any(np.any(r.samples != r.samples[:1]) for r, _ in student_results)
 
 
-def test_default_ct_student_samples_with_its_fitted_spread_on_held_out_slices(data_root):
-    """``ct-student`` stores the factor its calibration picked (the best-scoring candidate, on
-    training slices only), and its K samples on held-out slices are the raw one-step samples
-    inflated by that factor: same mean, wider spread, first mask (K = 1) unchanged."""
+@pytest.mark.parametrize("name, dataset", [("ct-student", "covid19_ct_infection"),
+                                           ("ultrasound-student", "busbra_breast_ultrasound")])
+def test_default_student_samples_with_its_fitted_spread_on_held_out_images(data_root, name,
+                                                                          dataset):
+    """The calibrated students store the factor their calibration picked (the best-scoring
+    candidate, on training images only), and their K samples on held-out images are the raw
+    one-step samples inflated by that factor: wider spread, first mask (K = 1) unchanged."""
     import torch
 
     from napari_lesion_diffkd.core.data.preprocess import prepare_image
@@ -64,7 +67,7 @@ def test_default_ct_student_samples_with_its_fitted_spread_on_held_out_slices(da
     from napari_lesion_diffkd.core.diffusion.sampling_common import inflate_spread
     from napari_lesion_diffkd.core.segmenter import build_bundle_sampler, sample_seeds
 
-    bundle = load_model("ct-student")
+    bundle = load_model(name)
     record = bundle.config["provenance"]["spread_calibration"]
     best = max(record["candidates"], key=lambda c: c["variance_correlation"])
     factor = bundle.config["sampler"]["spread_inflation"]
@@ -76,7 +79,7 @@ def test_default_ct_student_samples_with_its_fitted_spread_on_held_out_slices(da
     raw = build_sampler("one-step", bundle.schedule, bundle.prediction_target)
     seeds = sample_seeds(0, 8)
     spreads = []
-    for r in _val_records(bundle, data_root / "covid19_ct_infection")[:3]:
+    for r in _val_records(bundle, data_root / dataset)[:3]:
         image = prepare_image(read_pair(r)[0], bundle.input_size, bundle.image_channels)[None]
         inflated = run_to_completion(sampler.sample(bundle.network, image, 8, seeds=seeds))
         plain = run_to_completion(raw.sample(bundle.network, image, 8, seeds=seeds))
