@@ -161,8 +161,12 @@ def test_numpy_one_step_driver_reproduces_the_torch_sampler(exported, data_root)
     ref = run_to_completion(build_bundle_sampler(bundle, None, None).sample(
         bundle.network, images, 8, seeds=seeds)).numpy()
     noise = draw_noise(make_generators(seeds), (2, 1, *images.shape[2:]), torch.device("cpu"))
+    # The shipped ultrasound student widens its samples' spread (sampler.spread_inflation);
+    # the numpy driver must apply the same factor to match the torch sampler.
+    factor = bundle.config["sampler"].get("spread_inflation", 1.0)
+    assert factor != 1.0
     out = one_step_numpy(onnx_net, images.numpy(), noise.numpy(),
-                         bundle.schedule.num_timesteps)
+                         bundle.schedule.num_timesteps, spread_inflation=factor)
     assert out.shape == ref.shape == (2, 8, 1, 128, 128)
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(out > 0, ref > 0)

@@ -101,17 +101,20 @@ class OnnxDenoiser:
 
 
 def one_step_numpy(denoiser: OnnxDenoiser, image: np.ndarray, noise: np.ndarray,
-                   num_timesteps: int) -> np.ndarray:
+                   num_timesteps: int, spread_inflation: float = 1.0) -> np.ndarray:
     """The one-step sampler of the x0 students in plain numpy (no torch in the loop).
 
     What ``core/diffusion/one_step.OneStepSampler`` does for an x0 network: one call at
-    t = T - 1 on pure noise, the x0 head clamped to [-1, 1]. Pass the noise of
+    t = T - 1 on pure noise, the x0 head clamped to [-1, 1], then each image's K samples
+    spread around their mean by ``spread_inflation`` (``sampling_common.inflate_spread``;
+    pass the bundle's ``config["sampler"].get("spread_inflation", 1.0)``). Pass the noise of
     ``sampling_common.draw_noise`` (per-sample CPU ``torch.Generator`` seeds) to reproduce a
     torch run exactly; any standard normal noise gives valid samples.
 
     Args:
         denoiser: the student's graph. image: (N, C, S, S) float32 in [-1, 1].
         noise: (N * K, 1, S, S) float32, image-major. num_timesteps: T of the schedule.
+        spread_inflation: > 0; 1 leaves the samples as the network gives them.
 
     Returns:
         (N, K, 1, S, S) float32 x0 samples in [-1, 1] (> 0 is lesion).
@@ -124,7 +127,14 @@ def one_step_numpy(denoiser: OnnxDenoiser, image: np.ndarray, noise: np.ndarray,
     out = denoiser.run(image, noise, t)
     i = heads.index("x0")
     x0 = np.clip(out[:, i : i + noise.shape[1]], -1.0, 1.0)
-    return x0.reshape(n, noise.shape[0] // n, *x0.shape[1:])
+    x0 = x0.reshape(n, noise.shape[0] // n, *x0.shape[1:])
+    if not spread_inflation > 0:
+        raise ValueError(f"spread_inflation must be > 0, got {spread_inflation}")
+    if spread_inflation == 1.0 or x0.shape[1] == 1:
+        return x0
+    mean = x0.mean(axis=1, keepdims=True)
+    return np.clip(mean + np.float32(spread_inflation) * (x0 - mean), -1.0, 1.0).astype(
+        np.float32)
 
 
 class OnnxSegmenter:
