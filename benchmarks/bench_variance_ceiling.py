@@ -24,7 +24,6 @@ Prints one JSON line; writes nothing (docs/benchmarks.md quotes it by hand, with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_spread_inflation import with_factor  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,12 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_to_completion(segment_image(bundle, image, num_samples=args.k,
                                                seed=seed)).samples
 
-    def with_factor(factor):
-        sampler = {**student.config.get("sampler", {}), "spread_inflation": factor}
-        return dataclasses.replace(student, config={**student.config, "sampler": sampler})
-
     students = ({None: student} if not args.factors
-                else {f: with_factor(f) for f in args.factors})
+                else {f: with_factor(student, f) for f in args.factors})
     rows = []
     for i in picks:
         image, _ = read_pair(records[i])
