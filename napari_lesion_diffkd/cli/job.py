@@ -4,7 +4,7 @@
 ``run ID`` executes one in this process (a failed or cancelled job resumes), ``list`` shows
 the queue, ``cancel ID`` stops one. The project folder comes from ``--project``, else
 ``$LESION_DIFFKD_PROJECT``, else the current folder. Job types and their config keys:
-``napari_lesion_diffkd/core/store/tasks/__init__.py``.
+``napari_lesion_diffkd/core/tasks/__init__.py``.
 
 Exit codes of ``run``: 0 done, 1 failed, 3 cancelled, 75 still queued (``--no-wait`` and
 the device is busy), 2 bad arguments or a job that cannot run.
@@ -98,6 +98,7 @@ def _parse_config(text: str) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from napari_lesion_diffkd.core.job_runner import submit_job
     from napari_lesion_diffkd.core.store import ProjectStore, StoreError
 
     try:
@@ -106,7 +107,7 @@ def _submit(args: argparse.Namespace) -> int:
         return _error(f"--config: {exc}")
     try:
         with ProjectStore(args.project, create=True) as store:
-            job = store.jobs.submit(args.type, config, heavy=not args.light)
+            job = submit_job(store, args.type, config, heavy=not args.light)
     except StoreError as exc:
         return _error(str(exc))
     print(json.dumps({"id": job.id, "type": job.type, "status": job.status}))

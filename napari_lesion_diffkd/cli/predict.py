@@ -7,7 +7,7 @@ one JSON line per image; skip bad inputs by name; exit non-zero if any input fai
 
 A SAM model (e.g. ``lesion-sam-tiny``) takes ``--prompt-box x0,y0,x1,y1`` and/or repeated
 ``--prompt-point x,y,label`` in image pixels (x = column, y = row) and writes the same files
-(K = 1; uncertainty = entropy of SAM's logits): ``core/sam/prompt_predict.py``.
+(K = 1; uncertainty = entropy of SAM's logits): ``core/predict_prompts.py``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SAM models: a box in image pixels (x = column, y = row)")
     p.add_argument("--prompt-point", action="append", default=[], metavar="x,y,label",
                    help="SAM models: a click in image pixels, label 1 lesion / 0 background "
-                        "(repeatable); see core/sam/prompt_predict.py for the outputs")
+                        "(repeatable); see core/predict_prompts.py for the outputs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_lesion_diffkd.core.sam.prompt_predict import (
+    from napari_lesion_diffkd.core.predict_prompts import (
         is_sam_model,
         predict_files_with_prompts,
     )

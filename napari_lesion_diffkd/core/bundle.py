@@ -11,8 +11,6 @@ to float32 on load.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from napari_lesion_diffkd import __version__
+from napari_lesion_diffkd.core.data.writers import atomic_write_bytes  # re-exported
 from napari_lesion_diffkd.core.diffusion.schedules import NoiseSchedule
 from napari_lesion_diffkd.core.networks.registry import build_network, network_config
 
@@ -67,22 +66,6 @@ class ModelBundle:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_bundle(

@@ -11,7 +11,8 @@ Inside that process :func:`run_job`:
    its checkpoint, a per-image job skips the images it finished);
 2. resolves the device and claims it (one heavy job per device; waits while another live
    job holds it, or returns at once with ``wait=False``);
-3. drives the job type's generator (:mod:`core.store.tasks`) with ``run_to_completion``,
+3. drives the job type's generator (:func:`job_types`: :mod:`core.tasks` and the
+   active-learning loop's ``loop-round``) with ``run_to_completion``,
    writing progress to the job row at most every ``report_interval`` seconds (2 writes/s
    by default), and stops at the next event when SIGTERM / SIGINT arrives or the row's
    ``cancel_requested`` flag is set;
@@ -153,14 +154,42 @@ def run_job(project: str | os.PathLike, job_id: int, *, wait: bool = True,
         return _run_claimed(store, job_id, stop, wait, poll_s, report_interval, echo)
 
 
+def job_types() -> dict[str, Callable[[Any], Any]]:
+    """Every job type a project can run: job type -> function(TaskContext) returning the
+    job's generator. The runner sits above the job layer (:mod:`core.tasks`) and the
+    active-learning loop, so it is the one place that knows them all."""
+    from napari_lesion_diffkd.core.active_learning.loop import run_loop_round
+    from napari_lesion_diffkd.core.tasks import TASKS
+
+    return {**TASKS, "loop-round": run_loop_round}
+
+
+def submit_job(store: ProjectStore, job_type: str, config: dict[str, Any],
+               heavy: bool = True) -> JobRecord:
+    """Queue a job of a known type (the store itself checks only the name's form).
+
+    Raises:
+        InvalidInputError: unknown type, or a config that is not a JSON object.
+    """
+    from napari_lesion_diffkd.core.store.errors import InvalidInputError
+
+    known = job_types()
+    if job_type not in known:
+        raise InvalidInputError(f"unknown job type {job_type!r}; one of {sorted(known)}")
+    return store.jobs.submit(job_type, config, heavy=heavy)
+
+
 def _run_claimed(store: ProjectStore, job_id: int, stop: threading.Event, wait: bool,
                  poll_s: float, report_interval: float,
                  echo: Callable[[str], Any] | None) -> JobRecord:
-    from napari_lesion_diffkd.core.store.tasks import TASKS, TaskContext, resolve_job_device
+    from napari_lesion_diffkd.core.tasks import TaskContext, resolve_job_device
 
     say = echo or (lambda line: None)
     queue = store.jobs
     job = queue.requeue(job_id)
+    task = job_types().get(job.type)
+    if task is None:
+        return queue.mark_ended(job_id, "failed", f"unknown job type {job.type!r}")
     try:
         device = resolve_job_device(job.config)
     except (ValueError, RuntimeError) as exc:
@@ -184,7 +213,7 @@ def _run_claimed(store: ProjectStore, job_id: int, stop: threading.Event, wait: 
     ctx = TaskContext(store=store, job=job, work_dir=work_dir, device=device)
     try:
         result = run_to_completion(
-            TASKS[job.type](ctx), on_event=reporter,
+            task(ctx), on_event=reporter,
             should_stop=lambda: stop.is_set() or reporter.cancel_requested)
     except (Cancelled, KeyboardInterrupt):
         reporter.flush()
@@ -298,4 +327,5 @@ def cancel_job(project: str | os.PathLike, job_id: int, grace_s: float = 10.0,
         return job
 
 
-__all__ = ["ProgressReporter", "cancel_job", "job_dir", "run_job", "start_job_process"]
+__all__ = ["ProgressReporter", "cancel_job", "job_dir", "job_types", "run_job", "start_job_process",
+           "submit_job"]

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_lesion_diffkd.core.data.readers import SUPPORTED_2D_SUFFIXES, path_suffix
+from napari_lesion_diffkd.core.data.readers import (  # output_stem re-exported
+    SUPPORTED_2D_SUFFIXES,
+    output_stem,
+    path_suffix,
+)
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -52,12 +56,6 @@ def prepare_run(output_dir: str | Path,
         print("error: no input images found", file=sys.stderr)
         return 1
     return out_dir, paths
-
-
-def output_stem(path: Path) -> str:
-    """``case.nii.gz`` -> ``case``; ``img.png`` -> ``img``."""
-    suffix = path_suffix(path)
-    return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.stem
 
 
 def write_outputs(out_dir: Path, stem: str, result) -> dict[str, str]:

@@ -22,6 +22,7 @@ import torch
 
 from napari_lesion_diffkd.core.bundle import ModelBundle
 from napari_lesion_diffkd.core.data.preprocess import prepare_image, resize_maps
+from napari_lesion_diffkd.core.diffusion.sampling_common import sample_seeds  # re-exported
 from napari_lesion_diffkd.core.jobs import JobEvent
 
 FUSION_METHODS = ("staple", "mean", "majority")
@@ -54,11 +55,6 @@ class SegmentationResult:
     scores: dict[str, float]
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def sample_seeds(seed: int, num_samples: int) -> list[int]:
-    """Per-sample seeds derived from one user seed (disjoint for different user seeds)."""
-    return [seed * 100_003 + k for k in range(num_samples)]
 
 
 def build_bundle_sampler(bundle: ModelBundle, sampler: str | None, num_steps: int | None):

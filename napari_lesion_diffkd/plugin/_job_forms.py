@@ -1,6 +1,6 @@
 """Jobs panel form -> a store job (type + JSON config), no Qt.
 
-The panel's kinds map onto the store's job types (``core.store.tasks``):
+The panel's kinds map onto the store's job types (``core.tasks``):
 
 =============  ===========  ==========================================================
 panel kind     store type   config built here

@@ -2,8 +2,8 @@
 
 Queue order: the stored ranking if the project has one, else image id. The stored ranking is
 the annotation queue of the newest finished active-learning round
-(``core.store.tasks.rounds.annotation_queue``), else the ``ranking`` of the newest finished
-``score`` job (``core.store.tasks.predict``: most uncertain first). Images it does not list
+(``core.active_learning.rounds.annotation_queue``), else the ``ranking`` of the newest finished
+``score`` job (``core.tasks.predict``: most uncertain first). Images it does not list
 (labelled or added since) follow by id. Statuses: ``human`` (a person's label exists),
 ``pseudo`` (only model / pseudo labels), ``unlabelled``.
 
@@ -36,7 +36,7 @@ class QueueRow:
 def stored_ranking(store: Any) -> tuple[list[int], dict[int, float | None]] | None:
     """Image ids in stored annotation order and their scores (see the module docstring),
     or None when the project was never ranked."""
-    from napari_lesion_diffkd.core.store.tasks.rounds import annotation_queue
+    from napari_lesion_diffkd.core.active_learning.rounds import annotation_queue
 
     entries = annotation_queue(store)
     if entries:

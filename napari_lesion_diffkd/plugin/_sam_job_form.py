@@ -1,6 +1,6 @@
 """The Jobs panel's "SAM fine-tune" kind -> a ``sam-finetune`` store job config, no Qt.
 
-The store's job type (``core/store/tasks/sam.py``) takes ``sam_config`` (a dict of
+The store's job type (``core/tasks/sam.py``) takes ``sam_config`` (a dict of
 ``core.sam.training.SamTrainConfig`` fields) and ``overrides``. The dict is built here from
 what the user picked as "start from":
 

@@ -130,7 +130,7 @@ class JobsWidget(QWidget):
             self.status.setText(f"cannot launch: {exc}")
             return None
         if form.kind in TRAINING_KINDS and not form.data and not _has_human_labels(store):
-            # The job would only fail at its start (core.store.tasks.train._data_folders).
+            # The job would only fail at its start (core.tasks.train._data_folders).
             self.status.setText("cannot launch: the project has no human labels to train on "
                                 "(save a corrected label first)")
             return None

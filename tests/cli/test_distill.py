@@ -30,7 +30,7 @@ def tiny_student(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path,
 def test_trajectory_student_learns_the_teachers_masks(tiny_student: Path, tiny_bundle: Path,
                                                        ph2_subset: Path) -> None:
     from napari_lesion_diffkd.core.data.datasets import group_split, load_tensors, scan_pairs
-    from napari_lesion_diffkd.core.distillation.trajectory import (
+    from napari_lesion_diffkd.core.training.kd.trajectory import (
         CACHE_NAME,
         trajectory_noise,
         trajectory_seed,
@@ -102,7 +102,7 @@ def test_seed_student_with_efkd_and_general_kd(tiny_bundle: Path, ph2_subset: Pa
 
 
 def test_kd_term_is_zero_when_the_student_copies_the_teacher(tiny_bundle: Path) -> None:
-    from napari_lesion_diffkd.core.distillation.objectives import Distillation
+    from napari_lesion_diffkd.core.training.kd.objectives import Distillation
     from napari_lesion_diffkd.core.registry import load_model
     from napari_lesion_diffkd.core.training.config import TrainConfig
 
@@ -140,7 +140,7 @@ def test_distill_rejects_unknown_teachers_and_mismatched_sizes(tiny_bundle: Path
 
 def test_teacher_target_cache_follows_the_teachers_weights(tiny_bundle: Path,
                                                            tmp_path: Path) -> None:
-    from napari_lesion_diffkd.core.distillation.trajectory import compute_teacher_targets
+    from napari_lesion_diffkd.core.training.kd.trajectory import compute_teacher_targets
     from napari_lesion_diffkd.core.jobs import run_to_completion
     from napari_lesion_diffkd.core.registry import load_model
 
@@ -161,7 +161,7 @@ def test_teacher_target_cache_follows_the_teachers_weights(tiny_bundle: Path,
 
 
 def test_kd_method_needs_the_diffusion_objective(tiny_bundle: Path) -> None:
-    from napari_lesion_diffkd.core.distillation.objectives import Distillation
+    from napari_lesion_diffkd.core.training.kd.objectives import Distillation
     from napari_lesion_diffkd.core.registry import load_model
     from napari_lesion_diffkd.core.training.config import TrainConfig
 
@@ -194,7 +194,7 @@ def unlabelled_folder(tmp_path: Path, data_root: Path, ph2_subset: Path) -> Path
 def test_unlabelled_images_get_teacher_targets_only(tiny_bundle: Path, ph2_subset: Path,
                                                     unlabelled_folder: Path, tmp_path: Path,
                                                     capsys) -> None:
-    from napari_lesion_diffkd.core.distillation.trajectory import CACHE_NAME
+    from napari_lesion_diffkd.core.training.kd.trajectory import CACHE_NAME
 
     config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
     config.update(max_steps=6, val_every=6, checkpoint_every=6, trajectory_gt_weight=0.5)

@@ -13,7 +13,7 @@ from PIL import Image
 from napari_lesion_diffkd.cli import main
 from napari_lesion_diffkd.core.metrics import dice
 from napari_lesion_diffkd.core.sam.coords import mask_to_xyxy
-from napari_lesion_diffkd.core.sam.prompt_predict import (
+from napari_lesion_diffkd.core.predict_prompts import (
     PromptError,
     binary_entropy_bits,
     check_fits,

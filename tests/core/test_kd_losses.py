@@ -1,4 +1,4 @@
-"""Tests of the EFKD / general KD losses (``core/distillation/kd_losses.py``) on real PH2 masks."""
+"""Tests of the EFKD / general KD losses (``core/training/kd/kd_losses.py``) on real PH2 masks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from napari_lesion_diffkd.core.data.preprocess import prepare_mask
 from napari_lesion_diffkd.core.data.readers import read_image
-from napari_lesion_diffkd.core.distillation.kd_losses import (
+from napari_lesion_diffkd.core.training.kd.kd_losses import (
     LAMBDA_BODY,
     LAMBDA_EDGE,
     efkd_loss,
@@ -229,7 +229,7 @@ def test_edge_band_commutes_with_flips(ph2_pairs) -> None:
 def test_spread_crps_is_lowest_for_samples_with_the_teachers_vote_fraction() -> None:
     """Per pixel, 4 samples with one lesion vote match a teacher vote fraction of 1/4 better
     than 4 identical soft samples of 1/4, or 4 agreeing ones; the value is the closed form."""
-    from napari_lesion_diffkd.core.distillation.kd_losses import spread_crps
+    from napari_lesion_diffkd.core.training.kd.kd_losses import spread_crps
 
     votes = torch.full((1, 1, 3, 3), 0.25)
 

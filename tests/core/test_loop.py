@@ -25,7 +25,7 @@ from napari_lesion_diffkd.core.job_runner import (
 from napari_lesion_diffkd.core.store import InvalidInputError, ProjectStore, import_folder
 from napari_lesion_diffkd.core.store.files import sha256_file
 from napari_lesion_diffkd.core.store.schema import DB_NAME, connect, migrate
-from napari_lesion_diffkd.core.store.tasks.rounds import (
+from napari_lesion_diffkd.core.active_learning.rounds import (
     annotation_queue,
     loop_round_of,
     loop_rounds,

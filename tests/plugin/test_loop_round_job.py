@@ -43,7 +43,7 @@ def test_loop_round_form_builds_its_config(tiny_bundle) -> None:
 def test_loop_round_job_runs_and_registers_both_models(viewer, qtbot, tmp_path, ph2_subset,
                                                        flat_images, tiny_bundle) -> None:
     from napari_lesion_diffkd.core.store import import_folder
-    from napari_lesion_diffkd.core.store.tasks.rounds import annotation_queue
+    from napari_lesion_diffkd.core.active_learning.rounds import annotation_queue
     from napari_lesion_diffkd.plugin._context import app_context
     from napari_lesion_diffkd.plugin.jobs_widget import JobsWidget
 

@@ -62,7 +62,7 @@ def test_import_queue_order_and_status(panel) -> None:
     assert panel.queue_table.item(0, 1).text() == "0.3000"
 
     # An active-learning round's stored annotation queue takes precedence.
-    from napari_lesion_diffkd.core.store.tasks.rounds import finish_round, start_round
+    from napari_lesion_diffkd.core.active_learning.rounds import finish_round, start_round
 
     loop_job = store.jobs.submit("loop-round", {})
     round_no = start_round(store, loop_job.id, "uncertainty").round

@@ -14,7 +14,7 @@ round's job id (models and predictions ``job_id``, pseudo labels authored ``job:
    images as teacher-only targets (``student_unlabelled``), as ``distill --unlabeled``;
 4. ``score``: the new student scores every unlabelled image (the ``score`` job's work);
 5. ``queue``: a query strategy orders all scored unlabelled images, stored with the round
-   number as the project's annotation queue (``core/store/tasks/rounds.py``).
+   number as the project's annotation queue (``core/active_learning/rounds.py``).
 
 Confidence rule
     A pseudo label is *confident* when the teacher's per-image score ``score_key``
@@ -89,8 +89,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from napari_lesion_diffkd.core.store.project import ProjectStore
-    from napari_lesion_diffkd.core.store.tasks import TaskContext, TaskResult
-    from napari_lesion_diffkd.core.store.tasks.common import ModelRef
+    from napari_lesion_diffkd.core.tasks import TaskContext, TaskResult
+    from napari_lesion_diffkd.core.tasks.common import ModelRef
 
 #: The per-image scores a stored prediction carries (``ensemble.uncertainty.image_scores``).
 SCORE_KEYS = ("sample_disagreement", "boundary_entropy", "mean_entropy", "mean_variance",
@@ -166,7 +166,7 @@ def run_loop_round(ctx: TaskContext) -> TaskResult:
         maps each step to its record (model tags, counts, ``seconds``).
     """
     from napari_lesion_diffkd.core.data.writers import atomic_write
-    from napari_lesion_diffkd.core.store.tasks import rounds
+    from napari_lesion_diffkd.core.active_learning import rounds
 
     settings = LoopSettings.from_config(ctx.job.config)
     rnd = rounds.start_round(ctx.store, ctx.job.id, settings.strategy)
@@ -230,7 +230,7 @@ def _sub_context(ctx: TaskContext, job_type: str, config: dict[str, Any],
                  folder: str | None = None) -> TaskContext:
     """The context a step hands to a job type's function: same job id (so its outputs name
     the round's job), the step's type and config, its own folder under the job's."""
-    from napari_lesion_diffkd.core.store.tasks import TaskContext
+    from napari_lesion_diffkd.core.tasks import TaskContext
 
     common = {k: ctx.job.config[k] for k in ("device", "threads") if k in ctx.job.config}
     job = dataclasses.replace(ctx.job, type=job_type, config={**common, **config})
@@ -248,7 +248,7 @@ def _predict_settings(config: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _newest_with_role(store: ProjectStore, role: str) -> ModelRef | None:
-    from napari_lesion_diffkd.core.store.tasks.common import ModelRef
+    from napari_lesion_diffkd.core.tasks.common import ModelRef
 
     found = [m for m in store.models() if m.role == role]
     return ModelRef(found[-1].path, found[-1].name, f"v{found[-1].version}") if found else None
@@ -284,7 +284,7 @@ def _train_fields(store: ProjectStore, source: Any, start: ModelRef | None,
 def _plan_model(ctx: TaskContext, what: str) -> tuple[dict[str, Any], Path | None]:
     """``what`` = teacher | student: its training fields (overrides applied) and the
     bundle it starts from (see the module docstring), or None for a fresh student."""
-    from napari_lesion_diffkd.core.store.tasks.common import resolve_job_model
+    from napari_lesion_diffkd.core.tasks.common import resolve_job_model
 
     cfg, store = ctx.job.config, ctx.store
     ref, source = cfg.get(what), cfg.get(f"{what}_config")
@@ -309,7 +309,7 @@ def _plan_model(ctx: TaskContext, what: str) -> tuple[dict[str, Any], Path | Non
 
 def _teacher_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
                   done: dict[str, Any]) -> StepResult:
-    from napari_lesion_diffkd.core.store.tasks.rounds import train_step
+    from napari_lesion_diffkd.core.active_learning.rounds import train_step
 
     fields, init = _plan_model(ctx, "teacher")
     if init is None:
@@ -322,7 +322,7 @@ def _teacher_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
 
 def _pseudo_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
                  done: dict[str, Any]) -> StepResult:
-    from napari_lesion_diffkd.core.store.tasks.predict import run_predict
+    from napari_lesion_diffkd.core.tasks.predict import run_predict
 
     store, teacher = ctx.store, done["teacher"]["model"]
     config = {**_predict_settings(ctx.job.config, "pseudo_label"), "model": teacher,
@@ -355,7 +355,7 @@ def _pseudo_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
 def _student_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
                   done: dict[str, Any]) -> StepResult:
     from napari_lesion_diffkd.core.store.records import HUMAN_KINDS
-    from napari_lesion_diffkd.core.store.tasks import rounds
+    from napari_lesion_diffkd.core.active_learning import rounds
 
     store = ctx.store
     pseudo = json.loads((ctx.work_dir / "steps" / "pseudo-label.json").read_text())
@@ -383,7 +383,7 @@ def _student_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
 
 def _score_step(ctx: TaskContext, round_no: int, settings: LoopSettings,
                 done: dict[str, Any]) -> StepResult:
-    from napari_lesion_diffkd.core.store.tasks.predict import run_predict
+    from napari_lesion_diffkd.core.tasks.predict import run_predict
 
     student = done["student"]["model"]
     config = {**_predict_settings(ctx.job.config, "scoring"), "model": student,
@@ -449,7 +449,7 @@ def _embeddings(ctx: TaskContext, model: str,
     from napari_lesion_diffkd.core.active_learning.scoring import image_embedding
     from napari_lesion_diffkd.core.bundle import load_bundle
     from napari_lesion_diffkd.core.data.preprocess import prepare_image
-    from napari_lesion_diffkd.core.store.tasks.common import resolve_job_model
+    from napari_lesion_diffkd.core.tasks.common import resolve_job_model
 
     bundle = load_bundle(resolve_job_model(ctx.store, model).path, ctx.device)
     rows = []

@@ -88,6 +88,13 @@ def path_suffix(path: str | os.PathLike) -> str:
     return Path(name).suffix
 
 
+def output_stem(path: str | os.PathLike) -> str:
+    """``case.nii.gz`` -> ``case``; ``img.png`` -> ``img``."""
+    path = Path(path)
+    suffix = path_suffix(path)
+    return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.stem
+
+
 def has_dicom_magic(path: str | os.PathLike) -> bool:
     """True if ``path`` is a file with the DICOM Part 10 marker ``b"DICM"`` at byte 128.
 

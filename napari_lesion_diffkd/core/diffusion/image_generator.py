@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from napari_lesion_diffkd import __version__
-from napari_lesion_diffkd.core.bundle import atomic_write_bytes
+from napari_lesion_diffkd.core.data.writers import atomic_write_bytes
 from napari_lesion_diffkd.core.diffusion.ddim import ddim_timesteps
 from napari_lesion_diffkd.core.diffusion.sampling_common import ddim_coefficients
 from napari_lesion_diffkd.core.diffusion.schedules import NoiseSchedule

@@ -34,6 +34,11 @@ SEED_BOUND = 2**31 - 1
 
 
 # -- seeds and noise ------------------------------------------------------------------------------
+def sample_seeds(seed: int, num_samples: int) -> list[int]:
+    """Per-sample seeds derived from one user seed (disjoint for different user seeds)."""
+    return [seed * 100_003 + k for k in range(num_samples)]
+
+
 def resolve_seeds(seeds: Sequence[int] | None, num_samples: int) -> list[int]:
     """The K per-sample seeds: ``seeds`` checked, or K seeds drawn once from torch's global RNG.
 

@@ -11,7 +11,7 @@ Why this shape (issue 4; seed 000's lite student cuts parameters, not compute pe
   features and the encoder's own mask estimate, refined by ``head_blocks`` time-conditioned
   residual blocks and unfolded again by ``pixel_shuffle`` into a full-resolution x0 residual
   that is added to the encoder's mask estimate ``tanh(logits / 2)``.
-- Trained by trajectory distillation (``core/distillation/trajectory.py``): x0 prediction at
+- Trained by trajectory distillation (``core/training/kd/trajectory.py``): x0 prediction at
   t = T - 1 from the same initial noise the teacher's deterministic sampler started from, so
   one call maps x_T to the teacher's mask for that noise. K noises give K different masks
   whose spread follows the teacher's; the uncertainty is kept, not collapsed.

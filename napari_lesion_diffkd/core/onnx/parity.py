@@ -33,7 +33,7 @@ def denoiser_outputs(bundle: Any, onnx_net: Any, image: torch.Tensor, num_sample
         make_generators,
         prepare_condition,
     )
-    from napari_lesion_diffkd.core.segmenter import sample_seeds
+    from napari_lesion_diffkd.core.diffusion.sampling_common import sample_seeds
 
     n, _, h, w = image.shape
     x_t = draw_noise(make_generators(sample_seeds(seed, num_samples)), (n, 1, h, w),

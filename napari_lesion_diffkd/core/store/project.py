@@ -212,7 +212,7 @@ class ProjectStore(ResultsMixin):
         """Insert an inspected image inside an open :meth:`write` transaction; returns its id
         (the existing id for the same name and content; :class:`InvalidInputError` for the
         same name with other content)."""
-        from napari_lesion_diffkd.core.predict_files import output_stem
+        from napari_lesion_diffkd.core.data.readers import output_stem
 
         name = name or output_stem(info.path)
         row = conn.execute("SELECT id, sha256, path FROM images WHERE name = ?",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 #: Job types that redo only unfinished images, so any interrupted run can continue.
 PER_IMAGE_TYPES = ("predict", "pseudo-label", "score")
 LOG_LIMIT = 65536  # characters of log kept in the row (the process log file has all)
+
+
+_JOB_TYPE_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,13 @@ class JobQueue:
 
     def submit(self, job_type: str, config: dict[str, Any], heavy: bool = True) -> JobRecord:
         """Queue a job. ``config`` must be JSON-serialisable; its keys depend on the type
-        (see :mod:`core.store.tasks`). Returns the new row."""
-        from napari_lesion_diffkd.core.store.tasks import TASKS
+        (see :mod:`core.tasks`). Returns the new row.
 
-        if job_type not in TASKS:
-            raise InvalidInputError(f"unknown job type {job_type!r}; one of {sorted(TASKS)}")
+        The store only checks that ``job_type`` is a well-formed name: which types exist is
+        the job layer's business (:func:`core.job_runner.submit_job` checks it)."""
+        if not isinstance(job_type, str) or not _JOB_TYPE_NAME.fullmatch(job_type):
+            raise InvalidInputError(f"bad job type name {job_type!r} (lowercase letters, "
+                                    "digits and '-', at most 40 characters)")
         if not isinstance(config, dict):
             raise InvalidInputError(f"job config must be a JSON object, got {type(config)}")
         with self.store.write() as conn:

@@ -28,7 +28,6 @@ from napari_lesion_diffkd.core.store.records import ModelRecord, PredictionRecor
 from napari_lesion_diffkd.core.store.schema import now
 
 if TYPE_CHECKING:
-    from napari_lesion_diffkd.core.segmenter import SegmentationResult
     from napari_lesion_diffkd.core.store.records import ImageRecord
 
 PREDICTION_PARTS = ("samples", "probability", "uncertainty", "consensus")
@@ -53,11 +52,14 @@ class ResultsMixin:
 
     # ----------------------------------------------------------------- predictions
 
-    def save_prediction(self, image: Any, result: SegmentationResult, model_name: str,
+    def save_prediction(self, image: Any, result: Any, model_name: str,
                         model_version: str, job_id: int | None = None,
                         request: dict[str, Any] | None = None) -> PredictionRecord:
-        """Store a :class:`~core.segmenter.SegmentationResult` for ``image``.
+        """Store a segmentation result for ``image``.
 
+        ``result`` is anything with ``samples`` (K, Y, X) bool, ``probability`` and
+        ``uncertainty`` (Y, X) float32, ``consensus`` (Y, X) bool and a ``settings`` dict
+        (``core.segmenter.SegmentationResult``; the store does not import the segmenter).
         The arrays must be in the image's (Y, X) frame (2D images only). Files first, then
         the row in one transaction; on failure the new folder is removed.
 

@@ -81,7 +81,7 @@ def import_folder(store: ProjectStore, folder: str | os.PathLike,
         StoreWriteError: a file or the transaction could not be written; nothing is changed.
     """
     from napari_lesion_diffkd.core.data.readers import SUPPORTED_SUFFIXES, path_suffix
-    from napari_lesion_diffkd.core.predict_files import output_stem
+    from napari_lesion_diffkd.core.data.readers import output_stem
     from napari_lesion_diffkd.core.store.validate import inspect_image, read_mask_file
 
     root = Path(folder)

@@ -60,7 +60,7 @@ class TrainConfig:
             ``kd_weight`` scales it; ``efkd_tau``, ``efkd_lambda_edge``, ``efkd_lambda_body``
             are tau, lambda_e, lambda_b (0.6, 5, 2 in seed 000 §IV-A).
             With the ``"trajectory"`` objective (the project's fast student, see
-            ``core/distillation/trajectory.py``) the same edge/body weighting is applied to the
+            ``core/training/kd/trajectory.py``) the same edge/body weighting is applied to the
             error against the teacher's mask for the same initial noise.
         trajectory_noises: teacher masks (noises) cached per training image.
         trajectory_gt_weight: weight of Dice + BCE against the label, added to the trajectory

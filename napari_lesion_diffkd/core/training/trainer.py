@@ -166,7 +166,7 @@ class _Objective:
             self._setup_leaf()
         self.distill: Any = None
         if config.objective == "trajectory" or config.kd_method != "none":
-            from napari_lesion_diffkd.core.distillation.objectives import Distillation
+            from napari_lesion_diffkd.core.training.kd.objectives import Distillation
 
             self.distill = Distillation(config, schedule, device)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_lesion_diffkd.core.job_runner import ProgressReporter
+from napari_lesion_diffkd.core.job_runner import ProgressReporter, submit_job
 from napari_lesion_diffkd.core.jobs import JobEvent
 from napari_lesion_diffkd.core.store import InvalidInputError, JobStateError, ProjectStore
 from napari_lesion_diffkd.core.store.procs import pid_alive, pid_token
@@ -41,7 +41,9 @@ def test_one_heavy_job_per_device(tmp_path: Path) -> None:
         with pytest.raises(JobStateError, match="already done"):
             q.requeue(a.id)
         with pytest.raises(InvalidInputError, match="unknown job type"):
-            q.submit("paint", {})
+            submit_job(store, "paint", {})
+        with pytest.raises(InvalidInputError, match="bad job type name"):
+            q.submit("../train", {})  # the store checks the name's form only
 
 
 def test_a_dead_process_is_found_and_its_device_freed(tmp_path: Path) -> None:

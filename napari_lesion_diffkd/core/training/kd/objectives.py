@@ -89,7 +89,7 @@ class Distillation:
             masks: (B, 1, H, W) ground truth in {-1, 1} (for the EFKD split).
         """
         from napari_lesion_diffkd.core.diffusion.targets import to_x0_and_eps
-        from napari_lesion_diffkd.core.distillation.kd_losses import (
+        from napari_lesion_diffkd.core.training.kd.kd_losses import (
             efkd_loss,
             efkd_region_masks,
             general_kd_loss,
@@ -120,8 +120,8 @@ class Distillation:
         self, images: torch.Tensor, cache_dir: str | Path | None
     ) -> Generator[JobEvent, None, None]:
         """Compute (or reload) the teacher's masks for every training image and noise."""
-        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_region_masks
-        from napari_lesion_diffkd.core.distillation.trajectory import compute_teacher_targets
+        from napari_lesion_diffkd.core.training.kd.kd_losses import efkd_region_masks
+        from napari_lesion_diffkd.core.training.kd.trajectory import compute_teacher_targets
 
         self.targets = yield from compute_teacher_targets(
             self.teacher, images, self.config.trajectory_noises, self.config.seed,
@@ -154,8 +154,8 @@ class Distillation:
             indices: training-set index of each row (selects cached targets and seeds).
             generator: CPU generator (which noise per row, flips).
         """
-        from napari_lesion_diffkd.core.distillation.kd_losses import efkd_loss, spread_crps
-        from napari_lesion_diffkd.core.distillation.trajectory import (
+        from napari_lesion_diffkd.core.training.kd.kd_losses import efkd_loss, spread_crps
+        from napari_lesion_diffkd.core.training.kd.trajectory import (
             flip_consistently,
             trajectory_noise,
             trajectory_seed,

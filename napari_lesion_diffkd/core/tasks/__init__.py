@@ -1,4 +1,5 @@
-"""Job types: what a job process runs. Each is a generator of :class:`JobEvent` that
+"""Job types: what a job process runs (the layer above the store: store <- tasks <-
+active_learning <- job_runner). Each is a generator of :class:`JobEvent` that
 returns a JSON-able result dict, like every long operation in core.
 
 ========================  ==============================================================
@@ -23,7 +24,7 @@ type                      config keys (JSON object)
                           (default ``sample_disagreement``), most uncertain first
 ``sam-finetune``          train or LoRA-fine-tune a promptable SAM: ``sam_config``,
                           ``overrides``, ``data`` (default: the human labels), ``register``
-                          (keys: ``core/store/tasks/sam.py``)
+                          (keys: ``core/tasks/sam.py``)
 ``loop-round``            one round of the active-learning loop: fine-tune the teacher,
                           pseudo-label, distil the student, score, re-rank the annotation
                           queue (keys: ``core/active_learning/loop.py``)
@@ -61,37 +62,31 @@ class TaskContext:
 
 
 def _train(ctx: TaskContext) -> TaskResult:
-    from napari_lesion_diffkd.core.store.tasks.train import run_train
+    from napari_lesion_diffkd.core.tasks.train import run_train
 
     return run_train(ctx)
 
 
 def _predict(ctx: TaskContext) -> TaskResult:
-    from napari_lesion_diffkd.core.store.tasks.predict import run_predict
+    from napari_lesion_diffkd.core.tasks.predict import run_predict
 
     return run_predict(ctx)
 
 
 def _sam_finetune(ctx: TaskContext) -> TaskResult:
-    from napari_lesion_diffkd.core.store.tasks.sam import run_sam_finetune
+    from napari_lesion_diffkd.core.tasks.sam import run_sam_finetune
 
     return run_sam_finetune(ctx)
 
 
-def _loop_round(ctx: TaskContext) -> TaskResult:
-    from napari_lesion_diffkd.core.active_learning.loop import run_loop_round
-
-    return run_loop_round(ctx)
-
-
-#: Job type -> function(ctx) returning the job's generator.
+#: Job type -> function(ctx) returning the job's generator. The active-learning layer above
+#: adds ``loop-round`` (see :func:`core.job_runner.job_types`); this layer must not import it.
 TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "train": _train,
     "distill": _train,
     "predict": _predict,
     "pseudo-label": _predict,
     "score": _predict,
-    "loop-round": _loop_round,
     "sam-finetune": _sam_finetune,
 }
 

@@ -15,8 +15,8 @@ from typing import Any
 from napari_lesion_diffkd.core.store.errors import InvalidInputError
 from napari_lesion_diffkd.core.store.records import ImageRecord
 from napari_lesion_diffkd.core.store.results import settings_key
-from napari_lesion_diffkd.core.store.tasks import TaskContext, TaskResult
-from napari_lesion_diffkd.core.store.tasks.common import apply_threads, resolve_job_model
+from napari_lesion_diffkd.core.tasks import TaskContext, TaskResult
+from napari_lesion_diffkd.core.tasks.common import apply_threads, resolve_job_model
 
 DEFAULT_SCORE = "sample_disagreement"
 

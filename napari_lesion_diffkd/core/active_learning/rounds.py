@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from napari_lesion_diffkd.core.store.records import dumps, loads
 from napari_lesion_diffkd.core.store.schema import now
-from napari_lesion_diffkd.core.store.tasks import TaskContext, TaskResult
+from napari_lesion_diffkd.core.tasks import TaskContext, TaskResult
 
 if TYPE_CHECKING:
     from napari_lesion_diffkd.core.data.datasets import ImageRecord as DataImage
@@ -158,7 +158,7 @@ def write_dataset(store: ProjectStore, folder: Path,
 
     from napari_lesion_diffkd.core.data.readers import path_suffix
     from napari_lesion_diffkd.core.data.writers import atomic_write, write_mask_png
-    from napari_lesion_diffkd.core.store.tasks.train import DONE_MARKER
+    from napari_lesion_diffkd.core.tasks.train import DONE_MARKER
     from napari_lesion_diffkd.core.store.transfer import _place_image
 
     if (folder / DONE_MARKER).is_file():
@@ -221,8 +221,8 @@ def train_step(ctx: TaskContext, unlabelled: Sequence[DataImage] = ()) -> TaskRe
     from napari_lesion_diffkd.core.data.datasets import group_split
     from napari_lesion_diffkd.core.jobs import JobEvent
     from napari_lesion_diffkd.core.store.errors import InvalidInputError
-    from napari_lesion_diffkd.core.store.tasks.common import apply_threads
-    from napari_lesion_diffkd.core.store.tasks.train import (
+    from napari_lesion_diffkd.core.tasks.common import apply_threads
+    from napari_lesion_diffkd.core.tasks.train import (
         CONFIG_SNAPSHOT,
         _data_folders,
         _load_config,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from napari_lesion_diffkd.core.store.errors import InvalidInputError
-from napari_lesion_diffkd.core.store.tasks import TaskContext, TaskResult
-from napari_lesion_diffkd.core.store.tasks.common import apply_threads
-from napari_lesion_diffkd.core.store.tasks.train import _resolve_path, prepare_run
+from napari_lesion_diffkd.core.tasks import TaskContext, TaskResult
+from napari_lesion_diffkd.core.tasks.common import apply_threads
+from napari_lesion_diffkd.core.tasks.train import _resolve_path, prepare_run
 
 
 def _sam_config(ctx: TaskContext):

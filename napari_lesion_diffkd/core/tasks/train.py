@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from napari_lesion_diffkd.core.store.errors import InvalidInputError
-from napari_lesion_diffkd.core.store.tasks import TaskContext, TaskResult
-from napari_lesion_diffkd.core.store.tasks.common import apply_threads, resolve_job_model
+from napari_lesion_diffkd.core.tasks import TaskContext, TaskResult
+from napari_lesion_diffkd.core.tasks.common import apply_threads, resolve_job_model
 
 CONFIG_SNAPSHOT = "train_config.json"
 DONE_MARKER = ".complete"
