@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_lesion_diffkd.core.data.limits import check_pixel_count
 from napari_lesion_diffkd.core.data.readers import (
     DICOM_SUFFIXES,
     ImageReadError,
@@ -186,7 +187,20 @@ def _apply_rescales(
     return out
 
 
+def _check_declared_size(ds, path: Path, planes: int | None = None) -> None:
+    """Refuse pixel data whose declared Rows x Columns (x frames) is over the pixel limit.
+
+    Reads header attributes only, so it runs before pydicom decodes anything; ``planes``
+    overrides NumberOfFrames (a series: the number of slice files).
+    """
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if planes is None:
+        planes = int(ds.get("NumberOfFrames", 1) or 1)
+    check_pixel_count(path, (rows, cols), planes)
+
+
 def _pixels(ds, path: Path) -> np.ndarray:
+    _check_declared_size(ds, path)  # a PixelLimitError is an ImageReadError: not wrapped
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # missing decoder, truncated pixel data, bad attributes ...
@@ -418,6 +432,7 @@ def _read_single_frame_series(
         )
     if any(int(ds.get("SamplesPerPixel", 1) or 1) > 1 for _, ds in members):
         raise ImageReadError(f"{root}: colour (RGB) DICOM series are not supported")
+    _check_declared_size(members[0][1], root, planes=len(members))
 
     iops = [_float_list(ds.get("ImageOrientationPatient")) for _, ds in members]
     ipps = [_float_list(ds.get("ImagePositionPatient")) for _, ds in members]

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_lesion_diffkd.core.data.limits import PixelLimitError, check_pixel_count
 from napari_lesion_diffkd.core.data.readers import ImageReadError, LoadedImage, path_suffix
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -84,16 +85,25 @@ def _read_pillow(p: Path) -> tuple[np.ndarray, bool, dict]:
 
     try:
         with Image.open(p) as im:
-            # open() is lazy: load() forces the full decode so truncation is caught here.
+            # open() is lazy and has parsed only the header: refuse a pixel bomb before the
+            # decode (Pillow's own DecompressionBombError only fires above ~179 MP).
+            width, height = im.size
+            check_pixel_count(p, (height, width))  # only the first frame is read
+            # load() forces the full decode so truncation is caught here.
             im.load()
             fmt = im.format
             mode = im.mode
             data, rgb = _pillow_to_array(im)
+    except PixelLimitError:
+        raise
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (above ~179 MP) fires inside open(), before our check can.
+        raise PixelLimitError(f"{p}: image too large to decode ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"{p}: not a valid PNG/JPEG/BMP image (unrecognised content)") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         # OSError: truncated/corrupt stream; SyntaxError: broken header chunks (Pillow's
-        # choice); DecompressionBombError: absurd declared size.
+        # choice).
         raise ImageReadError(f"{p}: corrupt or truncated image ({exc})") from exc
     return data, rgb, {"format": fmt, "mode": mode}
 
@@ -130,6 +140,7 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, bool, dict]:
                 raise ImageReadError(f"{p}: the TIFF file holds no image series")
             series = tif.series[0]
             axes = series.axes
+            _check_tiff_size(p, tuple(series.shape), axes)  # from page headers, nothing decoded
             data = series.asarray()
             n_series = len(tif.series)
     except ImageReadError:
@@ -143,6 +154,27 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, bool, dict]:
     if n_series > 1:
         meta["tiff_series_ignored"] = n_series - 1
     return data, rgb, meta
+
+
+def _check_tiff_size(p: Path, shape: tuple[int, ...], axes: str) -> None:
+    """Refuse a TIFF series whose declared shape is over the pixel limit (see ``limits``).
+
+    ``shape``/``axes`` are tifffile's series shape and axes (e.g. ``(Z, Y, X)``, ``"QYX"``);
+    the samples axis ``S`` (RGB) does not count as pixels, every other non-Y/X axis counts
+    as planes. A layout without Y and X is left to the layout check after reading.
+    """
+    if len(shape) != len(axes) or "Y" not in axes or "X" not in axes:
+        # Unknown layout: still bound the total so that the read cannot explode.
+        total = 1
+        for n in shape:
+            total *= int(n)
+        check_pixel_count(p, (total, 1))
+        return
+    planes = 1
+    for n, a in zip(shape, axes):
+        if a not in "YXS":
+            planes *= int(n)
+    check_pixel_count(p, (shape[axes.index("Y")], shape[axes.index("X")]), planes)
 
 
 def _tiff_axes_to_zyx(p: Path, data: np.ndarray, axes: str) -> tuple[np.ndarray, bool]:

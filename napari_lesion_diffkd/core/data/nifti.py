@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_lesion_diffkd.core.data.limits import check_pixel_count
 from napari_lesion_diffkd.core.data.readers import ImageReadError, LoadedImage
 
 # NIfTI spatial units -> factor to millimetres ('unknown' is taken as mm, the usual default).
@@ -58,6 +59,17 @@ def ijk_to_zyx(array: np.ndarray) -> np.ndarray:
 def zyx_to_ijk(array: np.ndarray) -> np.ndarray:
     """Inverse of :func:`ijk_to_zyx`: our ``(Y, X)`` / ``(Z, Y, X)`` -> nibabel order (a view)."""
     return array.T
+
+
+def _check_header_size(p: Path, shape_ijk: tuple[int, ...]) -> None:
+    """Pixel limit on the header's ``(i, j[, k, ...])`` shape: plane ``j x i``, ``k x ...``
+    planes (axes past the third count as planes too; they are rejected later unless 1)."""
+    if len(shape_ijk) < 2:
+        return  # a 0/1-D header: the dimension check below gives the clear message
+    planes = 1
+    for n in shape_ijk[2:]:
+        planes *= n
+    check_pixel_count(p, (shape_ijk[1], shape_ijk[0]), planes)
 
 
 def read_nifti(path: str | os.PathLike) -> LoadedImage:
@@ -82,6 +94,7 @@ def read_nifti(path: str | os.PathLike) -> LoadedImage:
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             kind = type(img).__name__
             raise ImageReadError(f"{p}: not a NIfTI image (nibabel read it as {kind})")
+        _check_header_size(p, tuple(int(n) for n in img.shape))  # before reading any voxel
         raw = np.asanyarray(img.dataobj)
     except ImageReadError:
         raise
