@@ -12,20 +12,29 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from napari_lesion_diffkd.core.data.finite import fill_nonfinite
+
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
     """Scale an image to float32 [0, 1].
 
     uint8 is divided by 255; any other dtype (uint16, int16 CT in HU, float) is min-max
-    scaled per image, because such images carry no fixed display range.
+    scaled per image, because such images carry no fixed display range. NaN/Inf pixels are
+    first replaced by the finite minimum (``core.data.finite``): left in, one NaN spreads
+    through the network and empties the whole mask.
+
+    Raises:
+        NonFiniteImageError: (a ValueError) no pixel is finite.
     """
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
-    image = image.astype(np.float32)
-    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+    # Filled after the cast: float64 values beyond float32's range become Inf there.
+    image, _ = fill_nonfinite(image.astype(np.float32))
+    lo, hi = float(np.min(image)), float(np.max(image))
     if not np.isfinite(lo) or hi <= lo:
         return np.zeros_like(image, dtype=np.float32)
-    return (image - lo) / (hi - lo)
+    # hi - lo in float64: near float32's range limits it would overflow to Inf (-> NaN).
+    return ((image - np.float64(lo)) / (np.float64(hi) - np.float64(lo))).astype(np.float32)
 
 
 def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
