@@ -21,3 +21,22 @@ class StoreWriteError(StoreError, OSError):
 
 class JobStateError(StoreError):
     """A job cannot do what was asked in its current state (e.g. run a job that is done)."""
+
+
+class StoreCorruptError(StoreError):
+    """The project database is not usable: empty, not an SQLite file, not this package's
+    schema, or damaged (``database disk image is malformed``). Nothing was changed; restore
+    ``project.sqlite`` from a backup."""
+
+
+class StoreReadOnlyError(StoreWriteError):
+    """The database (or its folder) cannot be written: read-only disk, mount or file."""
+
+
+class DiskFullError(StoreWriteError):
+    """A write failed because the disk (or the database's size limit) is full. The message
+    starts with ``disk full:``."""
+
+
+class UnhealthyStoreError(StoreError):
+    """A maintenance operation (``cleanup``) was refused because ``check`` found damage."""

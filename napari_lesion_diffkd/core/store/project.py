@@ -51,7 +51,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_lesion_diffkd.core.store import files
-from napari_lesion_diffkd.core.store.errors import InvalidInputError, StoreError, StoreWriteError
+from napari_lesion_diffkd.core.store.dberrors import error_name
+from napari_lesion_diffkd.core.store.errors import (
+    DiskFullError,
+    InvalidInputError,
+    StoreCorruptError,
+    StoreError,
+    StoreWriteError,
+)
+from napari_lesion_diffkd.core.store.names import check_image_name
 from napari_lesion_diffkd.core.store.records import (
     HUMAN_KINDS,
     ImageRecord,
@@ -59,7 +67,15 @@ from napari_lesion_diffkd.core.store.records import (
     dumps,
 )
 from napari_lesion_diffkd.core.store.results import ResultsMixin
-from napari_lesion_diffkd.core.store.schema import DB_NAME, LABEL_KINDS, connect, migrate, now
+from napari_lesion_diffkd.core.store.schema import (
+    DB_NAME,
+    LABEL_KINDS,
+    check_project_schema,
+    connect,
+    database_file_problem,
+    migrate,
+    now,
+)
 from napari_lesion_diffkd.core.store.validate import ImageInfo, check_labels, inspect_image
 
 if TYPE_CHECKING:
@@ -75,10 +91,44 @@ _HUMAN_FIRST = f"(kind IN {HUMAN_KINDS!r}) DESC, id DESC"
 
 
 def write_error(exc: BaseException, what: str) -> StoreWriteError:
-    """A :class:`StoreWriteError` naming ``what`` and, for ENOSPC, the full disk."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return StoreWriteError(f"{what}: the disk is full ({exc}); nothing was changed")
+    """A :class:`StoreWriteError` naming ``what``; for ENOSPC / SQLite's "database or disk
+    is full" a :class:`DiskFullError` whose message starts with ``disk full:``."""
+    if isinstance(exc, StoreWriteError):
+        return exc
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+            isinstance(exc, sqlite3.Error) and error_name(exc) == "SQLITE_FULL"):
+        return DiskFullError(f"disk full: {what}: the disk is full ({exc}); nothing was changed")
     return StoreWriteError(f"{what}: {type(exc).__name__}: {exc}; nothing was changed")
+
+
+def _create_database(root: Path) -> None:
+    """Create ``root/project.sqlite`` with the current schema, atomically: the schema is
+    built in a temporary file that is then hard-linked to the final name (which fails if
+    another process created it meanwhile: theirs is kept). So no process ever sees a
+    half-made (e.g. 0-byte) project database, and none is ever made over an existing file.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{DB_NAME}.{files.unique_name()}.tmp"
+    try:
+        conn = connect(tmp)
+        try:
+            migrate(conn)
+        finally:
+            conn.close()  # checkpoints the WAL into the file and removes it
+        try:
+            os.link(tmp, root / DB_NAME)
+        except FileExistsError:
+            pass  # created by another process meanwhile
+        except OSError:  # no hard links here: a rename (tiny race, same result)
+            if not os.path.lexists(root / DB_NAME):
+                os.replace(tmp, root / DB_NAME)
+    except sqlite3.Error as exc:
+        raise write_error(exc, f"creating {root / DB_NAME}") from exc
+    except OSError as exc:
+        raise write_error(exc, f"creating {root / DB_NAME}") from exc
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
 
 
 class ProjectStore(ResultsMixin):
@@ -87,27 +137,43 @@ class ProjectStore(ResultsMixin):
     Args:
         path: the project folder, or its ``project.sqlite``.
         create: create the folder and database if missing (else a missing project is an
-            error).
+            error). An existing database file is never re-created, whatever its state.
+        readonly: open the database read-only (SQLite ``mode=ro``): every write raises
+            :class:`StoreReadOnlyError`; for inspection (``check``) of a store on a
+            read-only disk.
 
     Use as a context manager or call :meth:`close`.
+
+    Raises:
+        StoreError: no project there (without ``create``), or it cannot be opened.
+        StoreCorruptError: ``project.sqlite`` is empty, not SQLite, not a project database,
+            or damaged; nothing was written to it.
     """
 
-    def __init__(self, path: str | os.PathLike, create: bool = False):
+    def __init__(self, path: str | os.PathLike, create: bool = False,
+                 readonly: bool = False):
         p = Path(path).expanduser()
         if p.name == DB_NAME:
             p = p.parent
         self.root = p.resolve()
         self.db_path = self.root / DB_NAME
-        if not self.db_path.is_file():
-            if not create:
+        if not os.path.lexists(self.db_path):
+            if not create or readonly:
                 raise StoreError(f"{self.root}: not a project (no {DB_NAME}); create it first")
-            self.root.mkdir(parents=True, exist_ok=True)
-        self._conn = connect(self.db_path)
+            _create_database(self.root)
+        problem = database_file_problem(self.db_path)
+        if problem is not None:
+            raise StoreCorruptError(
+                f"{self.db_path} {problem}: not a project database; nothing was changed. "
+                "Restore it from a backup (or move it away to start a new project)")
+        self._conn = connect(self.db_path, readonly=readonly)
         try:
+            check_project_schema(self._conn, self.db_path)
             self.schema_version = migrate(self._conn)
         except BaseException:
             self._conn.close()
             raise
+        self.readonly = readonly
         self._jobs: JobQueue | None = None
 
     @classmethod
@@ -148,7 +214,10 @@ class ProjectStore(ResultsMixin):
             self._conn.execute("COMMIT")
         except BaseException as exc:
             if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+                try:
+                    self._conn.execute("ROLLBACK")
+                except StoreError:
+                    pass  # e.g. the disk is full: the first error is the one to report
             if isinstance(exc, sqlite3.Error):
                 raise write_error(exc, f"{self.db_path}: write failed") from exc
             raise
@@ -177,11 +246,13 @@ class ProjectStore(ResultsMixin):
 
         return check_store(self, verify_hashes)
 
-    def cleanup(self, min_age_s: float = 3600.0) -> list[Path]:
-        """Delete leftover unreferenced files older than ``min_age_s``; returns them."""
+    def cleanup(self, min_age_s: float = 3600.0, force: bool = False) -> list[Path]:
+        """Delete leftover unreferenced files older than ``min_age_s``; returns them.
+        Refused (:class:`UnhealthyStoreError`) unless :meth:`check` finds the store
+        healthy (see :func:`maintenance.cleanup_store`)."""
         from napari_lesion_diffkd.core.store.maintenance import cleanup_store
 
-        return cleanup_store(self, min_age_s)
+        return cleanup_store(self, min_age_s, force=force)
 
     # ----------------------------------------------------------------- images
 

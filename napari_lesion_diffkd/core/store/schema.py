@@ -19,17 +19,28 @@ Migrations
     ``BEGIN IMMEDIATE`` transaction together with its ``schema_version`` row, so a crash
     mid-migration leaves the previous version intact. Version 1 was the first release
     (images and label versions only); version 2 added models, predictions, jobs and device
-    claims; version 3 added the active-learning loop's rounds and annotation queue. Never
+    claims; version 3 added the active-learning loop's rounds and annotation queue; version
+    4 renames image names that are not safe file names (``names.py``: ``../x``, ``a/b``,
+    absolute paths, control characters) to safe unique ones and records each rename in
+    ``image_renames``. A step is an SQL statement or a function of the connection. Never
     edit a released migration: append a new one.
+
+Opening an existing file (:func:`database_file_problem`, :func:`check_project_schema`)
+    A project database is never created over an existing file: an empty (0-byte) file,
+    a file that is not SQLite, or an SQLite file without our ``schema_version`` table is
+    refused with :class:`StoreCorruptError` before anything is written to it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from napari_lesion_diffkd.core.store.errors import StoreError
+from napari_lesion_diffkd.core.store.dberrors import StoreConnection, translate
+from napari_lesion_diffkd.core.store.errors import StoreCorruptError, StoreError
+from napari_lesion_diffkd.core.store.names import image_name_problem, safe_image_name
 
 DB_NAME = "project.sqlite"
 BUSY_TIMEOUT_MS = 30_000
@@ -148,8 +159,38 @@ _V3 = [  # the active-learning loop (core/active_learning/loop.py)
     )""",
 ]
 
-#: ``MIGRATIONS[i]``: the statements that take the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
+
+
+def _rename_unsafe_image_names(conn: sqlite3.Connection) -> None:
+    """Give every image whose name is not a safe file name (see ``names.py``) a safe,
+    unique one, in id order (deterministic), and record the old name in image_renames."""
+    rows = conn.execute("SELECT id, name FROM images ORDER BY id").fetchall()
+    taken = {str(r[1]) for r in rows}
+    for image_id, name in rows:
+        if image_name_problem(name) is None:
+            continue
+        new = safe_image_name(str(name), taken, int(image_id))
+        taken.discard(str(name))
+        taken.add(new)
+        conn.execute("UPDATE images SET name = ? WHERE id = ?", (new, image_id))
+        conn.execute("INSERT INTO image_renames (image_id, old_name, new_name, renamed_at) "
+                     "VALUES (?, ?, ?, ?)", (image_id, str(name), new, now()))
+
+
+_V4: list[str | Callable[[sqlite3.Connection], None]] = [  # safe image names
+    """CREATE TABLE image_renames (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        old_name TEXT NOT NULL,             -- as stored before (unsafe as a file name)
+        new_name TEXT NOT NULL,
+        renamed_at TEXT NOT NULL
+    )""",
+    _rename_unsafe_image_names,
+]
+
+Step = str | Callable[[sqlite3.Connection], None]
+#: ``MIGRATIONS[i]``: the steps that take the schema from version ``i`` to ``i + 1``.
+MIGRATIONS: list[list[Step]] = [list(_V1), list(_V2), list(_V3), _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -158,22 +199,64 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def connect(db_path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) the database with the settings of the module docstring."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def database_file_problem(db_path: str | Path) -> str | None:
+    """Why an *existing* ``db_path`` cannot be a project database (empty, not a regular
+    file, not SQLite), or None. Reads only the 16-byte header."""
+    p = Path(db_path)
+    if not p.is_file():
+        return "is not a regular file"
     try:
-        conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_MS / 1000,
-                               isolation_level=None)
+        with p.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    if not head:
+        return "is empty (0 bytes)"
+    if head != SQLITE_MAGIC:
+        return "is not an SQLite database"
+    return None
+
+
+def check_project_schema(conn: sqlite3.Connection, db_path: str | Path) -> None:
+    """Refuse (:class:`StoreCorruptError`) an SQLite database that is not a project's:
+    it has no ``schema_version`` table (an empty or foreign database)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                        "AND name = 'schema_version'").fetchone():
+        raise StoreCorruptError(f"{db_path}: not a lesion-diffkd project database (no "
+                                "schema_version table); restore it from a backup or remove "
+                                "it")
+
+
+def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    """Open (creating if needed, unless ``readonly``) the database with the settings of the
+    module docstring. Its SQLite failures are raised as store errors (``dberrors.py``).
+
+    Args:
+        readonly: open with SQLite's ``mode=ro`` (nothing can be written; the journal mode
+            is read, not set).
+    """
+    target = f"{Path(db_path).resolve().as_uri()}?mode=ro" if readonly else str(db_path)
+    try:
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               factory=StoreConnection, uri=readonly)
     except sqlite3.Error as exc:
         raise StoreError(f"{db_path}: cannot open the project database ({exc})") from exc
+    conn.db_path = db_path  # type: ignore[attr-defined]
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode" + ("" if readonly else " = WAL")).fetchone()[0]
+        if str(mode).lower() != "wal" and not readonly:
+            raise StoreError(f"{db_path}: the file system does not support SQLite WAL mode "
+                             "(put the project on a local disk)")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
         conn.close()
-        raise StoreError(f"{db_path}: the file system does not support SQLite WAL mode "
-                         "(put the project on a local disk)")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
+        raise
     return conn
 
 
@@ -196,6 +279,13 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """
     if target > SCHEMA_VERSION:
         raise ValueError(f"target version {target} > latest {SCHEMA_VERSION}")
+    current = schema_version(conn)  # up to date: no write lock (works read-only too)
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"the project database has schema version {current}, newer than this "
+            f"package supports ({SCHEMA_VERSION}): update napari-lesion-diffkd")
+    if current >= target and current > 0:
+        return current
     while True:
         conn.execute("BEGIN IMMEDIATE")  # re-read under the lock: another process may migrate
         try:
@@ -209,11 +299,19 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             if current >= target:
                 conn.execute("COMMIT")
                 return current
-            for statement in MIGRATIONS[current]:
-                conn.execute(statement)
+            for step in MIGRATIONS[current]:
+                if callable(step):
+                    step(conn)
+                else:
+                    conn.execute(step)
             conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                          (current + 1, now()))
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except (sqlite3.Error, StoreError):
+                pass  # the original error says more (e.g. disk full)
+            if isinstance(exc, sqlite3.Error):  # (the connection translates most already)
+                raise translate(exc, getattr(conn, "db_path", "project.sqlite")) from exc
             raise

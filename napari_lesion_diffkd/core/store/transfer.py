@@ -17,19 +17,28 @@ mask equal to the image's newest human label adds no version.
 from __future__ import annotations
 
 import csv
+import io
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
+from napari_lesion_diffkd.core.data.writers import atomic_write
 from napari_lesion_diffkd.core.store.errors import InvalidInputError
+from napari_lesion_diffkd.core.store.names import (
+    check_image_name,
+    child_file,
+    image_name_problem,
+)
 from napari_lesion_diffkd.core.store.records import HUMAN_KINDS
 
 if TYPE_CHECKING:
     import sqlite3
 
     from napari_lesion_diffkd.core.store.project import ProjectStore
+    from napari_lesion_diffkd.core.store.records import ImageRecord, LabelVersion
 
 _MASK_SUFFIXES = (".png", ".nii.gz", ".nii", ".tif", ".tiff")
 
@@ -100,6 +109,7 @@ def import_folder(store: ProjectStore, folder: str | os.PathLike,
         for path in paths:  # phase 1: read and check everything, write new label files
             stem = output_stem(path)
             try:
+                check_image_name(stem)
                 info = inspect_image(path, modality)
                 mask_path = _find_mask(masks_dir, stem)
                 labels = None if mask_path is None else read_mask_file(
@@ -152,32 +162,79 @@ def _current_human_sha(conn: sqlite3.Connection, image_id: int) -> str | None:
     return None if row is None else str(row[0])
 
 
+#: Written by :func:`export_labels` into the export folder: the files the export owns.
+MANIFEST = ".lesion-diffkd-export.json"
+
+
 def export_labels(store: ProjectStore, out_dir: str | os.PathLike,
                   which: Literal["current", "human"] = "current",
                   images: Literal["link", "copy", "none"] = "link",
-                  binary: bool = True) -> int:
+                  binary: bool = True, overwrite: bool = False) -> int:
     """Write each labelled image's label as a plain dataset folder (see module docstring).
 
     Args:
-        out_dir: created if needed; existing files of the same names are replaced.
+        out_dir: created if needed; it must be empty or missing unless ``overwrite``.
         which: ``current`` (the current label, any kind) or ``human`` (the newest human /
             sam-assisted version; images without one are left out).
         images: put the images next to the masks as symlinks, copies, or not at all.
         binary: 2D masks as {0, 255} (lesion = any label > 0), the datasets' format; False
             keeps the label ids. 3D labels are always written as ids in NIfTI.
+        overwrite: replace an earlier export in ``out_dir``: the files its manifest
+            (``.lesion-diffkd-export.json``) lists are removed first (so no stale mask of
+            an earlier export stays), files of the same names are replaced, and nothing
+            else in the folder is touched.
 
     Returns:
         The number of exported masks.
+
+    Raises:
+        InvalidInputError: ``out_dir`` is not empty (without ``overwrite``) or not a folder,
+            or an image name would write outside it (nothing is written then).
     """
-    from napari_lesion_diffkd.core.data.readers import path_suffix
-    from napari_lesion_diffkd.core.data.writers import (
-        atomic_write,
-        write_labels_nifti,
-        write_mask_png,
-    )
+    from napari_lesion_diffkd.core.data.writers import write_labels_nifti, write_mask_png
 
     out = Path(out_dir)
-    rows, count = ["id,group"], 0
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"export: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InvalidInputError(f"export: {out} is not empty; choose an empty folder or "
+                                "overwrite (--overwrite) to replace an earlier export")
+    plan = _export_plan(store, out, which, images != "none")  # checks every name first
+    owned = _owned_files(out) if overwrite else set()
+    planned = {"metadata.csv"} | {p.relative_to(out).as_posix()
+                                  for _, _, mask, image in plan for p in (mask, image) if p}
+    # Crash-safe order: the manifest covers old and new files while both may be present.
+    _write_manifest(out, owned | planned)
+    for rel in sorted(owned - planned):
+        (out / rel).unlink(missing_ok=True)  # a symlink itself, never its target
+    rows = [("id", "group")]
+    for image, version, mask_path, image_dest in plan:
+        labels = store.read_label(version)
+        if labels.ndim == 2:
+            write_mask_png(mask_path, labels, binary=binary)
+        else:
+            write_labels_nifti(mask_path, labels, spacing=image.spacing)
+        if image_dest is not None:
+            _place_image(image.path, image_dest, images == "link")
+        rows.append((image.name, image.group or image.name))
+
+    def _write_csv(fh: BinaryIO) -> None:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)  # quotes commas, newlines
+        fh.write(text.getvalue().encode())
+
+    atomic_write(out / "metadata.csv", _write_csv)
+    _write_manifest(out, planned)
+    return len(plan)
+
+
+def _export_plan(store: ProjectStore, out: Path, which: str, with_images: bool) -> list[
+        tuple[ImageRecord, LabelVersion, Path, Path | None]]:
+    """(image, version, mask destination, image destination or None) per exported image;
+    every destination checked to stay inside ``out`` (:func:`names.child_file`)."""
+    from napari_lesion_diffkd.core.data.readers import path_suffix
+
+    plan = []
     for image in store.images():
         if which == "human":
             versions = [v for v in store.label_versions(image) if v.kind in HUMAN_KINDS]
@@ -186,29 +243,48 @@ def export_labels(store: ProjectStore, out_dir: str | os.PathLike,
             version = store.current_label(image)
         if version is None:
             continue
-        labels = store.read_label(version)
-        if labels.ndim == 2:
-            write_mask_png(out / "masks" / f"{image.name}.png", labels, binary=binary)
-        else:
-            write_labels_nifti(out / "masks" / f"{image.name}.nii.gz", labels,
-                               spacing=image.spacing)
-        if images != "none" and image.path.is_file():
-            dest = out / "images" / f"{image.name}{path_suffix(image.path)}"
-            _place_image(image.path, dest, images == "link")
-        rows.append(f"{image.name},{image.group or image.name}")
-        count += 1
+        suffix = ".png" if len(image.shape) == 2 else ".nii.gz"
+        mask = child_file(out / "masks", f"{image.name}{suffix}", root=out)
+        dest = None
+        if with_images and image.path.is_file():
+            dest = child_file(out / "images", f"{image.name}{path_suffix(image.path)}",
+                              root=out)
+        plan.append((image, version, mask, dest))
+    return plan
 
-    def _write_csv(fh: BinaryIO) -> None:
-        fh.write(("\n".join(rows) + "\n").encode())
 
-    atomic_write(out / "metadata.csv", _write_csv)
-    return count
+def _owned_files(out: Path) -> set[str]:
+    """Files an earlier export listed in its manifest (only ``metadata.csv`` and single
+    files directly in ``masks/`` / ``images/``: a tampered manifest cannot name others)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        listed = json.loads(path.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    owned = set()
+    for rel in listed if isinstance(listed, list) else []:
+        parts = str(rel).split("/")
+        if parts == ["metadata.csv"] or (
+                len(parts) == 2 and parts[0] in ("masks", "images")
+                and image_name_problem(parts[1]) is None):
+            owned.add("/".join(parts))
+    return owned
+
+
+def _write_manifest(out: Path, owned: set[str]) -> None:
+    text = json.dumps({"written_by": "napari-lesion-diffkd export_labels",
+                       "files": sorted(owned)}, indent=1) + "\n"
+
+    def _write(fh: BinaryIO) -> None:
+        fh.write(text.encode())
+
+    atomic_write(out / MANIFEST, _write)
 
 
 def _place_image(src: Path, dest: Path, link: bool) -> None:
     """Symlink (falling back to a copy) or copy ``src`` to ``dest``, replacing atomically."""
-    from napari_lesion_diffkd.core.data.writers import atomic_write
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     if link:
         tmp = dest.with_name(f".{dest.name}.link.tmp")
@@ -227,4 +303,4 @@ def _place_image(src: Path, dest: Path, link: bool) -> None:
     atomic_write(dest, _copy)
 
 
-__all__ = ["ImportReport", "export_labels", "import_folder"]
+__all__ = ["MANIFEST", "ImportReport", "export_labels", "import_folder"]
