@@ -6,7 +6,8 @@ checkpoint. A failure (full disk, kill) leaves the previous checkpoint as it was
 exception the temporary file is removed, and a full disk is reported as an ``OSError``
 with ``errno.ENOSPC`` whose message starts with ``disk full:`` (torch itself wraps it into
 an unhelpful ``RuntimeError: ... unexpected pos``). A SIGKILL can leave only a hidden
-``.checkpoint.pt.<hex>.tmp`` (ignored by loading, removed by the next save's folder).
+``.checkpoint.pt.<hex>.tmp``: ignored by loading, removed by the next save (a run folder's
+checkpoint has one writer, the run itself).
 
 The loading side is :mod:`core.checkpoint_load`.
 """
@@ -47,6 +48,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     from napari_lesion_diffkd.core.data.writers import atomic_write
 
     dest = Path(path)
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # left by a killed save
+        stale.unlink(missing_ok=True)
 
     def _write(fh: BinaryIO) -> None:
         torch.save(payload, fh)
