@@ -47,6 +47,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_lesion_diffkd.core.checkpoint_load import load_checkpoint
+from napari_lesion_diffkd.core.checkpoint_save import save_checkpoint as save_checkpoint_file
 from napari_lesion_diffkd.core.config_files import check_keys, read_mapping
 from napari_lesion_diffkd.core.data.datasets import PairRecord, group_split, read_pair
 from napari_lesion_diffkd.core.data.locate import DATASETS_BY_MODALITY
@@ -417,7 +419,7 @@ def train_promptable(
     step, best_val, best_state, elapsed_before = 0, -1.0, None, 0.0
     order: list[int] = []
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, device)  # refused pickle: one clear error
         sam.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
@@ -444,9 +446,8 @@ def train_promptable(
                    "generator": gen.get_state(), "step": step, "best_val": best_val,
                    "elapsed": elapsed(), "order": torch.tensor(order, dtype=torch.long),
                    "best_state": best_state or {}}
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(ckpt_path)
+        # Atomic, fsynced; a full disk leaves the previous checkpoint and no partial file.
+        save_checkpoint_file(payload, ckpt_path)
 
     def validate() -> JobEvent | None:
         nonlocal best_val, best_state

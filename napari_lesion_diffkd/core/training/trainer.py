@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from napari_lesion_diffkd.core.bundle import save_bundle
+from napari_lesion_diffkd.core.checkpoint_load import CheckpointLoadError, load_checkpoint
+from napari_lesion_diffkd.core.checkpoint_save import save_checkpoint as save_checkpoint_file
 from napari_lesion_diffkd.core.data.datasets import (
     ImageRecord,
     PairRecord,
@@ -324,6 +326,11 @@ def _unlabelled_tensors(
     return load_image_tensors(kept, config.input_size, config.image_channels)
 
 
+#: Keys a ``checkpoint.pt`` must hold for ``--resume`` (``aligner`` only with LEAF).
+_RESUME_KEYS = ("model", "ema", "optimizer", "generator", "step", "best_dice",
+                "plateau_scale", "stale", "order", "elapsed")
+
+
 def train(
     config: TrainConfig,
     records: Sequence[PairRecord],
@@ -388,18 +395,25 @@ def train(
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no {CHECKPOINT_NAME} in {out}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        network.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"])
-        step, best_dice = int(ckpt["step"]), float(ckpt["best_dice"])
-        plateau_scale, stale = float(ckpt["plateau_scale"]), int(ckpt["stale"])
-        order = [int(i) for i in ckpt["order"].tolist()]
-        elapsed_before = float(ckpt["elapsed"])
-        best_state = ckpt.get("best_state") or None
-        if objective.aligner is not None:
-            objective.aligner.load_state_dict(ckpt["aligner"])
+        # Refused pickles, truncated files and checkpoints of another network are one
+        # CheckpointLoadError (a ValueError: one error line, exit 2), not a traceback.
+        ckpt = load_checkpoint(ckpt_path, device, required=_RESUME_KEYS)
+        try:
+            network.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["ema"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            gen.set_state(ckpt["generator"])
+            step, best_dice = int(ckpt["step"]), float(ckpt["best_dice"])
+            plateau_scale, stale = float(ckpt["plateau_scale"]), int(ckpt["stale"])
+            order = [int(i) for i in ckpt["order"].tolist()]
+            elapsed_before = float(ckpt["elapsed"])
+            best_state = ckpt.get("best_state") or None
+            if objective.aligner is not None:
+                objective.aligner.load_state_dict(ckpt["aligner"])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointLoadError(f"{ckpt_path}: does not fit this run's network or "
+                                      f"config ({type(exc).__name__}: {first})") from None
         yield JobEvent("log", step=step, total=config.max_steps, message=f"resumed at step {step}")
 
     start = time.monotonic()
@@ -426,9 +440,8 @@ def train(
             "best_state": best_state or {},
             "aligner": {} if objective.aligner is None else objective.aligner.state_dict(),
         }
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(ckpt_path)
+        # Atomic, fsynced; a full disk leaves the previous checkpoint and no partial file.
+        save_checkpoint_file(payload, ckpt_path)
 
     def validate() -> JobEvent | None:
         nonlocal best_dice, best_state, plateau_scale, stale

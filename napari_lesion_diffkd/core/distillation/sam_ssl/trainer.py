@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_lesion_diffkd.core.checkpoint_load import load_checkpoint
 from napari_lesion_diffkd.core.data.datasets import ImageRecord, PairRecord
 from napari_lesion_diffkd.core.distillation.sam_ssl.augment import augment_pair
 from napari_lesion_diffkd.core.distillation.sam_ssl.bundle import save_student
@@ -155,7 +156,7 @@ def train_sam_ssl(
     order_u: list[int] = []
     step, elapsed_before, running = 0, 0.0, 0.0
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, device)  # refused pickle: one clear error
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         for name in _GENERATORS:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_lesion_diffkd.core.checkpoint_load import load_checkpoint
 from napari_lesion_diffkd.core.data.datasets import (
     IMAGE_SUFFIXES,
     PairRecord,
@@ -287,7 +288,7 @@ def _teacher_cache(sam: nn.Module, prompt: str, teacher_ref: str, transfer: Sequ
     path = out / CACHE_NAME
     fingerprint = _fingerprint(teacher_ref, prompt, transfer, views)
     if path.is_file():
-        cached = torch.load(path, weights_only=True)
+        cached = load_checkpoint(path, "cpu")  # refused pickle: one clear error
         if cached.get("fingerprint") == fingerprint:
             yield JobEvent("log", message=f"teacher outputs reused from {path}")
             return cached
@@ -411,7 +412,7 @@ def run_ts_kd(
     opt_state: dict[str, Any] | None = None
     stage_seconds: dict[str, float] = {}
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, device)  # refused pickle: one clear error
         stage = str(ckpt["stage"])
         student.load_state_dict(ckpt["student"])
         if adapter is not None and ckpt.get("adapter"):

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from napari_lesion_diffkd.core.checkpoint_load import load_checkpoint
 from napari_lesion_diffkd.core.diffusion.sampling_common import draw_noise, make_generators
 from napari_lesion_diffkd.core.jobs import JobEvent
 
@@ -94,7 +95,7 @@ def compute_teacher_targets(
     fingerprint = _fingerprint(teacher, images, per_image, base_seed)
     cache = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        stored = load_checkpoint(cache, "cpu")  # a refused/corrupt cache: one clear error
         if stored.get("fingerprint") == fingerprint:
             yield JobEvent("log", message=f"teacher targets reused from {cache}")
             return stored["targets"].float() / 127.5 - 1
