@@ -14,6 +14,20 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 
+class WorkerFailure(Exception):
+    """A RuntimeError raised inside a generator worker, carried as a plain Exception
+    (``original``) so that superqt reports it through ``errored`` and ``finished``."""
+
+    def __init__(self, original: RuntimeError):
+        super().__init__(str(original))
+        self.original = original
+
+
+def unwrap_error(exc: BaseException) -> BaseException:
+    """The exception the work raised (undoing :class:`WorkerFailure`)."""
+    return exc.original if isinstance(exc, WorkerFailure) else exc
+
+
 def start_generator_worker(
     factory: Callable[[], Generator[Any, None, Any]],
     on_event: Callable[[Any], None] | None = None,
@@ -36,18 +50,24 @@ def start_generator_worker(
     holder: dict[str, Any] = {}
 
     def closing() -> Generator[Any, None, Any]:
-        gen = factory()
         try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                if holder["worker"].abort_requested:
-                    gen.close()  # here, in the worker thread; the worker then stops
-                yield event
-        finally:
-            gen.close()
+            gen = factory()
+            try:
+                while True:
+                    try:
+                        event = next(gen)
+                    except StopIteration as stop:
+                        return stop.value
+                    if holder["worker"].abort_requested:
+                        gen.close()  # here, in the worker thread; the worker then stops
+                    yield event
+            finally:
+                gen.close()
+        except RuntimeError as exc:
+            # superqt's GeneratorWorker takes a RuntimeError for "the worker was deleted":
+            # it only warns, and emits neither errored nor finished, so the widget would wait
+            # for ever. BundleError, SamCheckpointError and torch's errors are RuntimeErrors.
+            raise WorkerFailure(exc) from exc
 
     # _ignore_errors: our on_error shows the message; otherwise superqt re-raises it in Qt.
     worker = create_worker(closing, _start_thread=False, _ignore_errors=on_error is not None)
@@ -57,7 +77,7 @@ def start_generator_worker(
     if on_result is not None:
         worker.returned.connect(on_result)
     if on_error is not None:
-        worker.errored.connect(on_error)
+        worker.errored.connect(lambda exc: on_error(unwrap_error(exc)))
     if on_aborted is not None:
         worker.aborted.connect(on_aborted)
     if on_finished is not None:
