@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from napari_lesion_diffkd import __version__
+from napari_lesion_diffkd.core.config_bounds import ConfigBoundsError, check_bundle_config
 from napari_lesion_diffkd.core.data.writers import atomic_write_bytes  # re-exported
 from napari_lesion_diffkd.core.diffusion.schedules import NoiseSchedule
 from napari_lesion_diffkd.core.networks.registry import build_network, network_config
+from napari_lesion_diffkd.core.weights_check import WeightsError, check_state_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -103,13 +105,27 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BundleError(f"{folder}: not a model bundle (no {CONFIG_NAME})")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and huge-integer literals.
         raise BundleError(f"{path}: unreadable config ({exc})") from exc
+    if not isinstance(config, dict):
+        # Every caller does config.get(...): a list here was an AttributeError traceback.
+        raise BundleError(f"{path}: the config must be a JSON object, got a JSON "
+                          f"{type(config).__name__}")
+    return config
 
 
 def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Rebuild the network from a bundle folder and load its weights (float32, eval mode)."""
+    """Rebuild the network from a bundle folder and load its weights (float32, eval mode).
+
+    Raises:
+        BundleError: one line saying what is wrong: no/unreadable/non-object config, a
+            config value out of bounds (``core/config_bounds.py``), a config that cannot
+            build the network, missing or corrupt weights, or a tensor that is missing,
+            unexpected, of another shape, not floating point, or not finite
+            (``core/weights_check.py``).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -119,14 +135,24 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> Model
     if not weights.is_file():
         raise BundleError(f"{folder}: weights file {WEIGHTS_NAME} is missing")
     try:
+        # Bounds first: an absurd width or size must not be allocated to find out.
+        check_bundle_config(config)
+    except ConfigBoundsError as exc:
+        raise BundleError(f"{folder / CONFIG_NAME}: {exc}") from exc
+    try:
         network = build_network(config["network"])
         schedule = NoiseSchedule.from_config(config["schedule"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"{folder}: config cannot build the model ({exc})") from exc
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"{weights}: corrupt or unreadable weights ({exc})") from exc
+    try:
+        # Strict names, shapes, float dtypes and finite values, one line naming the tensor.
+        check_state_dict(state, network.state_dict(), str(weights))
+    except WeightsError as exc:
+        raise BundleError(str(exc)) from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         network.load_state_dict(state)

@@ -239,6 +239,12 @@ def load_state(sam: nn.Module, state: dict[str, torch.Tensor], source: str = "we
             f"{source} do not fit this SAM: {len(missing)} missing (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
             f"{len(bad_shape)} of another shape (e.g. {bad_shape[:2]})")
+    from napari_lesion_diffkd.core.weights_check import WeightsError, check_state_dict
+
+    try:  # float dtypes and finite values (names and shapes were checked just above)
+        check_state_dict(state, own, source, allow_missing=True)
+    except WeightsError as exc:
+        raise SamCheckpointError(str(exc)) from None
     sam.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 

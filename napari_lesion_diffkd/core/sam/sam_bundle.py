@@ -41,6 +41,7 @@ from napari_lesion_diffkd.core.sam.architectures import (
     low_res_size,
 )
 from napari_lesion_diffkd.core.sam.lora import LORA_KEY, apply_lora, lora_settings
+from napari_lesion_diffkd.core.weights_check import WeightsError, check_state_dict
 
 SAM_KIND = "sam"
 NORMALISATION = ("RGB uint8 (gray repeated), longest side resized to S (PIL bilinear), "
@@ -179,13 +180,14 @@ def load_sam_bundle(folder: str | Path, device: str | torch.device = "cpu") -> L
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"{weights}: corrupt or unreadable weights ({exc})") from exc
+    try:
+        # Names (strict unless a LoRA delta on a base), shapes, float dtypes, finite values:
+        # int8 or NaN weights used to load silently and give empty masks.
+        check_state_dict(state, sam.state_dict(), str(weights),
+                         allow_missing=bool(spec.get("base")))
+    except WeightsError as exc:
+        raise BundleError(str(exc)) from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    own = sam.state_dict()
-    unknown = sorted(set(state) - set(own))
-    missing = [] if spec.get("base") else sorted(set(own) - set(state))
-    if unknown or missing:
-        raise BundleError(f"{weights}: weights do not match the config's model "
-                          f"(unexpected {unknown[:3]}, missing {missing[:3]})")
     try:
         sam.load_state_dict(state, strict=False)
     except RuntimeError as exc:
