@@ -13,12 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_lesion_diffkd.core.json_lines import json_line
     from napari_lesion_diffkd.core.registry import list_models
 
     rows = list_models()
     if args.json:
         for row in rows:
-            print(json.dumps(row))
+            # Strict JSON: a NaN dice in a hand-edited config must not print bare NaN.
+            print(json_line(row))
         return 0
     header = ("name", "modality", "role", "params", "input_size", "val_dice")
     table = [header] + [
@@ -35,4 +37,7 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in rows:  # why a bundle is broken, below the table (the table stays aligned)
+        if r["role"] == "broken":
+            print(f"broken: {r['name']}: {r.get('reason', 'unreadable config')}")
     return 0

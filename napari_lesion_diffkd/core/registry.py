@@ -96,24 +96,38 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def list_models() -> list[dict[str, Any]]:
     """One summary row per registered bundle: name, modality, role, params, input_size,
-    val_dice, path. Bundles with unreadable configs are listed with role ``"broken"``."""
+    val_dice, path (and ``reason`` for broken ones).
+
+    A bundle whose config cannot be read, is not a JSON object or has fields of the wrong
+    type is listed with role ``"broken"`` and the reason, never raised: one bad folder in
+    the search path must not hide the good ones (this used to crash ``lesion-diffkd models``).
+    Weights are not opened here (listing stays cheap); ``load_model`` checks them.
+    """
     rows = []
     for name, folder in sorted(_bundles().items()):
         try:
-            cfg = read_config(folder)
-        except BundleError:
+            rows.append(_summary_row(name, folder, read_config(folder)))
+        except (BundleError, AttributeError, TypeError, ValueError) as exc:
             rows.append({"name": name, "modality": "?", "role": "broken", "params": 0,
-                         "input_size": None, "val_dice": None, "path": str(folder)})
-            continue
-        rows.append(
-            {
-                "name": name,
-                "modality": cfg.get("modality", "?"),
-                "role": cfg.get("role", "?"),
-                "params": int(cfg.get("num_parameters", 0)),
-                "input_size": cfg.get("input", {}).get("size"),
-                "val_dice": cfg.get("metrics", {}).get("dice"),
-                "path": str(folder),
-            }
-        )
+                         "input_size": None, "val_dice": None, "path": str(folder),
+                         "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
     return rows
+
+
+def _summary_row(name: str, folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The listing row of a readable config; TypeError/ValueError for wrongly typed fields."""
+    inp, metrics = cfg.get("input") or {}, cfg.get("metrics") or {}
+    if not isinstance(inp, dict) or not isinstance(metrics, dict):
+        raise TypeError("'input' and 'metrics' must be JSON objects")
+    dice = metrics.get("dice")
+    if dice is not None and not isinstance(dice, (int, float)):
+        raise TypeError(f"metrics.dice must be a number, got {dice!r}")
+    return {
+        "name": name,
+        "modality": str(cfg.get("modality", "?")),
+        "role": str(cfg.get("role", "?")),
+        "params": int(cfg.get("num_parameters", 0)),
+        "input_size": inp.get("size"),
+        "val_dice": None if dice is None else float(dice),
+        "path": str(folder),
+    }
