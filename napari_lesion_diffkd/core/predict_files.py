@@ -5,22 +5,32 @@ For each input ``<stem>.<ext>`` writes ``<out>/<stem>.png`` (consensus, uint8 {0
 K > 1, ``<out>/<stem>_samples.tif`` (K, Y, X) uint8 {0, 255}; prints one JSON line per image to
 stdout. Bad inputs are reported on stderr by name and skipped; every file is written
 atomically, so an interrupted run never leaves a half-written mask.
+
+Output names are unique within a run: when two inputs would write the same file (``a/img.png``
+and ``b/img.png``, ``img.png`` and ``img.jpg``, or ``x.png`` and ``x_uncertainty.png``), the
+later input in command-line order gets ``<stem>-2`` (then ``-3`` ...), compared
+case-insensitively for case-insensitive file systems (:func:`unique_output_stems`). The
+JSON line's ``output_stem`` and ``outputs`` say which files belong to which input.
+
+JSON lines are strict JSON (non-finite numbers are null, ``core/json_lines.py``); a line has
+``"warnings"`` when something about the input was repaired, e.g. NaN pixels filled.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from napari_lesion_diffkd.core.config_bounds import check_sampling_args
 from napari_lesion_diffkd.core.data.readers import (  # output_stem re-exported
     SUPPORTED_2D_SUFFIXES,
     output_stem,
     path_suffix,
 )
+from napari_lesion_diffkd.core.json_lines import json_line
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -56,6 +66,34 @@ def prepare_run(output_dir: str | Path,
         print("error: no input images found", file=sys.stderr)
         return 1
     return out_dir, paths
+
+
+#: Suffixes that :func:`write_outputs` appends to a stem: every name one input may write.
+OUTPUT_SUFFIXES = (".png", "_uncertainty.png", "_samples.tif")
+
+
+def unique_output_stems(paths: Sequence[Path]) -> list[str]:
+    """One output stem per input, no two inputs writing the same file (deterministic).
+
+    Inputs are taken in order; an input keeps :func:`output_stem` unless one of the files it
+    would write (``OUTPUT_SUFFIXES``) is already claimed by an earlier input, in which case
+    it gets ``<stem>-2``, ``<stem>-3`` ... (the first free one). Names are compared in
+    lower case, so ``IMG.png`` and ``img.png`` also count as a clash.
+
+    Returns:
+        A list of stems, aligned with ``paths``.
+    """
+    taken: set[str] = set()
+    stems: list[str] = []
+    for path in paths:
+        base = output_stem(path)
+        stem, n = base, 1
+        while any((stem + sfx).lower() in taken for sfx in OUTPUT_SUFFIXES):
+            n += 1
+            stem = f"{base}-{n}"
+        taken.update((stem + sfx).lower() for sfx in OUTPUT_SUFFIXES)
+        stems.append(stem)
+    return stems
 
 
 def write_outputs(out_dir: Path, stem: str, result) -> dict[str, str]:
@@ -106,6 +144,7 @@ def predict_files(
     from napari_lesion_diffkd.core.segmenter import segment_image, select_network
 
     try:
+        check_sampling_args(num_samples, num_steps)  # before loading anything big
         bundle = load_model(model, device="cpu" if backend == "onnxruntime" else device)
         select_network(bundle, backend)  # export / open the ONNX session once, up front
     except (UnknownModelError, BundleError, ValueError) as exc:
@@ -116,7 +155,7 @@ def predict_files(
         return prepared
     out_dir, paths = prepared
     failed = 0
-    for path in paths:
+    for path, stem in zip(paths, unique_output_stems(paths)):
         try:
             loaded = read_image(path)
             if loaded.data.ndim == 3 and not loaded.rgb:
@@ -127,7 +166,7 @@ def predict_files(
                               num_steps=num_steps, sampler=sampler, fusion=fusion, seed=seed,
                               backend=backend)
             )
-            written = write_outputs(out_dir, output_stem(path), result)
+            written = write_outputs(out_dir, stem, result)
         except (ImageReadError, ValueError, OSError) as exc:
             failed += 1
             print(f"error: {path}: {exc}", file=sys.stderr)
@@ -144,7 +183,12 @@ def predict_files(
             "shape": list(result.consensus.shape),
             "lesion_fraction": round(float(result.consensus.mean()), 6),
             "scores": {k: round(v, 6) for k, v in result.scores.items()},
+            "output_stem": stem,
             "outputs": written,
         }
-        print(json.dumps(line), flush=True)
+        if result.warnings:
+            line["warnings"] = list(result.warnings)
+            for text in result.warnings:
+                print(f"warning: {path}: {text}", file=sys.stderr)
+        print(json_line(line), flush=True)
     return 1 if failed else 0

@@ -25,7 +25,6 @@ input image (that image is skipped, named on stderr).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -178,7 +177,12 @@ def predict_files_with_prompts(
     """The SAM branch of ``lesion-diffkd predict``; returns the exit code (see module)."""
     from napari_lesion_diffkd.core.bundle import BundleError
     from napari_lesion_diffkd.core.data.readers import ImageReadError, read_image
-    from napari_lesion_diffkd.core.predict_files import output_stem, prepare_run, write_outputs
+    from napari_lesion_diffkd.core.json_lines import json_line
+    from napari_lesion_diffkd.core.predict_files import (
+        prepare_run,
+        unique_output_stems,
+        write_outputs,
+    )
     from napari_lesion_diffkd.core.registry import resolve_device
     from napari_lesion_diffkd.core.sam.loading import SamCheckpointError, load_sam
     from napari_lesion_diffkd.core.sam.session import PromptSession
@@ -210,14 +214,14 @@ def predict_files_with_prompts(
     out_dir, paths = prepared
     session = PromptSession(loaded, device=resolve_device(device), cache_size=1)
     failed = misfit = 0
-    for path in paths:
+    for path, stem in zip(paths, unique_output_stems(paths)):  # same-stem inputs: -2, -3
         try:
             image = read_image(path)
             if image.data.ndim == 3 and not image.rgb:
                 raise ImageReadError(f"{path}: is a volume {image.data.shape}; predict takes "
                                      "2D images")
             result = segment_with_prompts(session, image.data, box_xyxy, clicks)
-            written = write_outputs(out_dir, output_stem(path), result)
+            written = write_outputs(out_dir, stem, result)
         except PromptError as exc:
             misfit += 1
             print(f"error: {path}: {exc}", file=sys.stderr)
@@ -234,9 +238,10 @@ def predict_files_with_prompts(
             "shape": list(result.consensus.shape),
             "lesion_fraction": round(float(result.consensus.mean()), 6),
             "scores": {k: round(v, 6) for k, v in result.scores.items()},
+            "output_stem": stem,
             "outputs": written,
         }
-        print(json.dumps(line), flush=True)
+        print(json_line(line), flush=True)  # strict JSON: a NaN score prints as null
     if misfit:
         return 2
     return 1 if failed else 0

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from napari_lesion_diffkd.core.bundle import ModelBundle
+from napari_lesion_diffkd.core.config_bounds import MAX_SAMPLES, check_int, check_sampling_args
+from napari_lesion_diffkd.core.data.finite import fill_nonfinite, nonfinite_warning
 from napari_lesion_diffkd.core.data.preprocess import prepare_image, resize_maps
 from napari_lesion_diffkd.core.diffusion.sampling_common import sample_seeds  # re-exported
 from napari_lesion_diffkd.core.jobs import JobEvent
@@ -44,6 +46,8 @@ class SegmentationResult:
             ``mean_entropy``).
         seconds: wall time of sampling + fusion + uncertainty (model loading excluded).
         settings: the model name, K, sampler, steps, fusion and seed used.
+        warnings: one line per thing the caller should know about the input, e.g. NaN/Inf
+            pixels that were replaced by the finite minimum (``core/data/finite.py``).
     """
 
     samples: np.ndarray
@@ -55,6 +59,7 @@ class SegmentationResult:
     scores: dict[str, float]
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_bundle_sampler(bundle: ModelBundle, sampler: str | None, num_steps: int | None):
@@ -126,12 +131,18 @@ def segment_image(
             f"expected a 2D image (Y, X) or (Y, X, 3); got shape {image.shape} "
             "(segment volumes slice by slice)"
         )
+    # NaN/Inf pixels: the documented fill (finite minimum) and a warning, never a silent
+    # empty mask; an all-NaN image is a ValueError.
+    image, n_filled = fill_nonfinite(image)
+    warnings = [nonfinite_warning(n_filled, image.size)] if n_filled else []
+    check_sampling_args(num_samples, num_steps, prefix="num_")
     network = select_network(bundle, backend)
     if bundle.config.get("objective") == "segmentation":
-        return (yield from _segment_deterministic(bundle, image, network, backend))
+        result = yield from _segment_deterministic(bundle, image, network, backend)
+        result.warnings = warnings
+        return result
     k = int(num_samples or bundle.config.get("sampler", {}).get("num_samples", 8))
-    if k < 1:
-        raise ValueError(f"num_samples must be >= 1, got {k}")
+    check_int("num_samples", k, 1, MAX_SAMPLES)
     the_sampler = build_bundle_sampler(bundle, sampler, num_steps)
     start = time.perf_counter()
     device = _device(bundle, backend)
@@ -163,6 +174,7 @@ def segment_image(
             "uncertainty": uncertainty,
             "backend": backend,
         },
+        warnings=warnings,
     )
 
 

@@ -86,9 +86,11 @@ def is_sam_bundle(folder: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("kind") == SAM_KIND
-    except (OSError, json.JSONDecodeError):
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
+    # A config that is a JSON list or number is no SAM (load_bundle then says what is wrong).
+    return isinstance(config, dict) and config.get("kind") == SAM_KIND
 
 
 def save_sam_bundle(
