@@ -16,8 +16,10 @@ Inside that process :func:`run_job`:
    writing progress to the job row at most every ``report_interval`` seconds (2 writes/s
    by default), and stops at the next event when SIGTERM / SIGINT arrives or the row's
    ``cancel_requested`` flag is set;
-4. ends the row as ``done`` (with the result), ``cancelled`` or ``failed`` (with the error
-   and traceback) and releases the device.
+4. ends the row as ``done`` (with the result), ``cancelled`` or ``failed`` and releases the
+   device. A failure's ``error`` is one line (:func:`failure_reason`; ``disk full: ...`` for
+   a full disk); its traceback goes to the row's log and ``<job>/traceback.txt``, not to the
+   terminal. On a full disk that final write is retried with less to write.
 
 :func:`cancel_job` sets the flag, sends SIGTERM to the process group, waits ``grace_s``,
 then SIGKILLs it; checkpoints are kept, and the job is marked ``cancelled`` even if the
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_lesion_diffkd.core.jobs import Cancelled, JobEvent, run_to_completion
+from napari_lesion_diffkd.core.store.errors import StoreError
 from napari_lesion_diffkd.core.store.procs import hostname, pid_alive
 from napari_lesion_diffkd.core.store.project import ProjectStore
 from napari_lesion_diffkd.core.store.queue import JobQueue
@@ -216,16 +219,80 @@ def _run_claimed(store: ProjectStore, job_id: int, stop: threading.Event, wait: 
             task(ctx), on_event=reporter,
             should_stop=lambda: stop.is_set() or reporter.cancel_requested)
     except (Cancelled, KeyboardInterrupt):
-        reporter.flush()
+        _flush_quietly(reporter)
         return queue.finish(job_id, "cancelled", log=_line("cancelled"))
     except Exception as exc:  # noqa: BLE001 - any failure of the job must end up in its row
-        trace = traceback.format_exc()
-        say(trace)
+        return _end_failed(queue, reporter, work_dir, job_id, exc, say)
+    try:
         reporter.flush()
-        return queue.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}",
-                            log=_line(f"failed\n{trace}"))
-    reporter.flush()
-    return queue.finish(job_id, "done", result=result, log=_line("done"))
+        return queue.finish(job_id, "done", result=result, log=_line("done"))
+    except StoreError as exc:  # e.g. the disk filled up after the work was done
+        return _end_failed(queue, reporter, work_dir, job_id, exc, say)
+
+
+#: Longest ``error`` text a failed job gets (the traceback goes to its log).
+REASON_CHARS = 400
+TRACEBACK_FILE = "traceback.txt"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a job failed: ``disk full: ...`` for ENOSPC / SQLite's "disk is
+    full" (also when wrapped, e.g. by torch), else ``<ExceptionType>: <first line>``; at
+    most :data:`REASON_CHARS` characters."""
+    from napari_lesion_diffkd.core.store.dberrors import is_disk_full
+    from napari_lesion_diffkd.core.store.errors import StoreError
+
+    text = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
+    if is_disk_full(exc):
+        cause = exc
+        while not str(cause).startswith("disk full:") and (cause.__cause__ or
+                                                          cause.__context__):
+            cause = cause.__cause__ or cause.__context__  # the clearest message we made
+        first = str(cause).split("\n", 1)[0]
+        reason = first if first.startswith("disk full:") else f"disk full: {text}"
+    elif isinstance(exc, StoreError) or text.startswith(type(exc).__name__):
+        reason = text
+    else:
+        reason = f"{type(exc).__name__}: {text}"
+    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 3] + "..."
+
+
+def _flush_quietly(reporter: ProgressReporter) -> None:
+    """Write pending progress unless the store refuses (the job's end matters more)."""
+    try:
+        reporter.flush()
+    except StoreError:
+        pass
+
+
+def _end_failed(queue: JobQueue, reporter: ProgressReporter, work_dir: Path, job_id: int,
+                exc: BaseException, say: Callable[[str], Any]) -> JobRecord:
+    """Mark the job failed with a one-line reason (:func:`failure_reason`); the traceback
+    goes to the row's log and ``<job>/traceback.txt``, not to the terminal.
+
+    On a full disk the full write may not fit: it is retried with the log left out, then
+    with the reason alone, so that the cause is kept whenever the database can take a few
+    bytes. If even that fails, the store error is raised (the CLI prints it, exit 2) and
+    ``reap_stale`` later marks the job failed without its cause.
+    """
+    reason = failure_reason(exc)
+    trace = "".join(traceback.format_exception(exc))
+    say(f"job {job_id} failed: {reason}")
+    try:
+        (work_dir / TRACEBACK_FILE).write_text(trace)
+    except OSError:
+        pass  # the disk may be full; the row's log has it when there is room
+    _flush_quietly(reporter)
+    attempts = (_line(f"failed: {reason}\n{trace}"), _line(f"failed: {reason}"), "")
+    last: StoreError | None = None
+    for i, log in enumerate(attempts):
+        try:
+            return queue.finish(job_id, "failed", error=reason, log=log)
+        except StoreError as write_exc:  # e.g. disk full: try again with less to write
+            last = write_exc
+            time.sleep(0.2 * (i + 1))
+    assert last is not None
+    raise last
 
 
 def _line(text: str) -> str:
@@ -327,5 +394,5 @@ def cancel_job(project: str | os.PathLike, job_id: int, grace_s: float = 10.0,
         return job
 
 
-__all__ = ["ProgressReporter", "cancel_job", "job_dir", "job_types", "run_job", "start_job_process",
-           "submit_job"]
+__all__ = ["ProgressReporter", "cancel_job", "failure_reason", "job_dir", "job_types", "run_job",
+           "start_job_process", "submit_job"]

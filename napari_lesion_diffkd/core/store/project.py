@@ -70,7 +70,6 @@ from napari_lesion_diffkd.core.store.results import ResultsMixin
 from napari_lesion_diffkd.core.store.schema import (
     DB_NAME,
     LABEL_KINDS,
-    check_project_schema,
     connect,
     database_file_problem,
     migrate,
@@ -166,9 +165,8 @@ class ProjectStore(ResultsMixin):
             raise StoreCorruptError(
                 f"{self.db_path} {problem}: not a project database; nothing was changed. "
                 "Restore it from a backup (or move it away to start a new project)")
-        self._conn = connect(self.db_path, readonly=readonly)
+        self._conn = connect(self.db_path, readonly=readonly, require_schema=True)
         try:
-            check_project_schema(self._conn, self.db_path)
             self.schema_version = migrate(self._conn)
         except BaseException:
             self._conn.close()

@@ -34,6 +34,7 @@ Opening an existing file (:func:`database_file_problem`, :func:`check_project_sc
 from __future__ import annotations
 
 import sqlite3
+import stat
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -199,24 +200,23 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def database_file_problem(db_path: str | Path) -> str | None:
-    """Why an *existing* ``db_path`` cannot be a project database (empty, not a regular
-    file, not SQLite), or None. Reads only the 16-byte header."""
-    p = Path(db_path)
-    if not p.is_file():
-        return "is not a regular file"
+    """Why an *existing* ``db_path`` cannot be a project database (not a regular file, or
+    empty), or None. A file that is not SQLite is caught when opened (``SQLITE_NOTADB``).
+
+    Only ``stat`` is used, never ``open``: closing any descriptor of the database file
+    drops every POSIX lock this process holds on it, including those of other open
+    connections; another process would then think it is the last one, checkpoint and
+    remove the WAL, and our connections would read a stale snapshot forever.
+    """
     try:
-        with p.open("rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
+        st = Path(db_path).stat()
     except OSError as exc:
         return f"cannot be read ({exc})"
-    if not head:
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size == 0:
         return "is empty (0 bytes)"
-    if head != SQLITE_MAGIC:
-        return "is not an SQLite database"
     return None
 
 
@@ -230,13 +230,16 @@ def check_project_schema(conn: sqlite3.Connection, db_path: str | Path) -> None:
                                 "it")
 
 
-def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+def connect(db_path: str | Path, readonly: bool = False,
+            require_schema: bool = False) -> sqlite3.Connection:
     """Open (creating if needed, unless ``readonly``) the database with the settings of the
     module docstring. Its SQLite failures are raised as store errors (``dberrors.py``).
 
     Args:
         readonly: open with SQLite's ``mode=ro`` (nothing can be written; the journal mode
             is read, not set).
+        require_schema: refuse (:func:`check_project_schema`) a database that is not a
+            project's *before* anything is written to it (not even the journal mode).
     """
     target = f"{Path(db_path).resolve().as_uri()}?mode=ro" if readonly else str(db_path)
     try:
@@ -248,6 +251,8 @@ def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if require_schema:
+            check_project_schema(conn, db_path)  # also raises for a file that is not SQLite
         mode = conn.execute("PRAGMA journal_mode" + ("" if readonly else " = WAL")).fetchone()[0]
         if str(mode).lower() != "wal" and not readonly:
             raise StoreError(f"{db_path}: the file system does not support SQLite WAL mode "
