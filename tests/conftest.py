@@ -9,6 +9,15 @@ import pytest
 
 from napari_lesion_diffkd.core.data.locate import find_data_root
 
+# No test leaves a job process running: every one a test starts is stopped in the
+# _stop_job_processes fixture's teardown, and the session fails if any escaped
+# (tests/_job_leaks.py; the hooks and the autouse fixture are registered from here).
+from tests._job_leaks import (  # noqa: F401
+    _stop_job_processes,
+    pytest_configure,
+    pytest_sessionfinish,
+)
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
