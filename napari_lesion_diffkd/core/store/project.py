@@ -260,7 +260,9 @@ class ProjectStore(ResultsMixin):
 
         Args:
             path: the image; it is referenced, not copied.
-            name: unique id in the project (default: the file stem, ``.nii.gz`` stripped).
+            name: unique id in the project (default: the file stem, ``.nii.gz`` stripped);
+                one safe file-name component (``names.py``: no separators, ``:``, control
+                characters or leading ``.``, at most 200 bytes), since exports use it.
             modality: e.g. ``"dermoscopy"`` (default: the file's DICOM modality, if any).
             group: patient / case for group-aware splits (default: the name).
 
@@ -283,7 +285,7 @@ class ProjectStore(ResultsMixin):
         same name with other content)."""
         from napari_lesion_diffkd.core.data.readers import output_stem
 
-        name = name or output_stem(info.path)
+        name = check_image_name(name or output_stem(info.path))  # it becomes a file name
         row = conn.execute("SELECT id, sha256, path FROM images WHERE name = ?",
                            (name,)).fetchone()
         if row is not None:
