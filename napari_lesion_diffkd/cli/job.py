@@ -7,7 +7,9 @@ the queue, ``cancel ID`` stops one. The project folder comes from ``--project``,
 ``napari_lesion_diffkd/core/tasks/__init__.py``.
 
 Exit codes of ``run``: 0 done, 1 failed, 3 cancelled, 75 still queued (``--no-wait`` and
-the device is busy), 2 bad arguments or a job that cannot run.
+the device is busy), 2 bad arguments, a job that cannot run, or a job that failed because
+the disk is full. Every action prints one ``error: ...`` line and exits 2 when the project
+database is damaged, empty, read-only or cannot be opened, or the disk is full.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
+
+from napari_lesion_diffkd.cli._store_errors import error_line, store_command
 
 PROJECT_ENV_VAR = "LESION_DIFFKD_PROJECT"
 DESCRIPTION = """\
@@ -54,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--light", action="store_true",
                    help="does not need the device exclusively")
     s.add_argument("--start", action="store_true", help="also start it in the background")
-    s.set_defaults(func=_submit)
+    s.set_defaults(func=store_command(_submit))
 
     r = add("run", "execute a job in this process (resumes a failed/cancelled one)")
     r.add_argument("id", type=int)
@@ -63,23 +66,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--poll", type=float, default=1.0, help="seconds between device checks")
     r.add_argument("--no-resume", action="store_true",
                    help="leave a failed or cancelled job as it is (do not resume it)")
-    r.set_defaults(func=_run)
+    r.set_defaults(func=store_command(_run))
 
     ls = add("list", "show the jobs")
     ls.add_argument("--status", choices=("queued", "running", "done", "failed", "cancelled"))
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    ls.set_defaults(func=_list)
+    ls.set_defaults(func=store_command(_list))
 
     c = add("cancel", "cancel a job (SIGTERM, then SIGKILL after --grace seconds)")
     c.add_argument("id", type=int)
     c.add_argument("--grace", type=float, default=10.0)
-    c.set_defaults(func=_cancel)
+    c.set_defaults(func=store_command(_cancel))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return error_line(message)
 
 
 def _parse_config(text: str) -> dict[str, Any]:
@@ -131,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         return _error(str(exc))
     print(json.dumps({"id": job.id, "status": job.status, "error": job.error,
                       "result": _short(job.result)}), flush=True)
+    if job.status == "failed" and (job.error or "").startswith("disk full:"):
+        return _error(f"job {job.id}: {job.error}")
     return EXIT_BY_STATUS.get(job.status, 1)
 
 
