@@ -242,19 +242,24 @@ def failure_reason(exc: BaseException) -> str:
     from napari_lesion_diffkd.core.store.dberrors import is_disk_full
     from napari_lesion_diffkd.core.store.errors import StoreError
 
-    text = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
+    text = _first_line(exc) or type(exc).__name__
     if is_disk_full(exc):
-        cause = exc
-        while not str(cause).startswith("disk full:") and (cause.__cause__ or
-                                                          cause.__context__):
+        cause: BaseException | None = exc
+        while cause is not None and not _first_line(cause).startswith("disk full:"):
             cause = cause.__cause__ or cause.__context__  # the clearest message we made
-        first = str(cause).split("\n", 1)[0]
-        reason = first if first.startswith("disk full:") else f"disk full: {text}"
+        reason = _first_line(cause) if cause is not None else f"disk full: {text}"
     elif isinstance(exc, StoreError) or text.startswith(type(exc).__name__):
         reason = text
     else:
         reason = f"{type(exc).__name__}: {text}"
     return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, white space collapsed (an ``OSError``'s
+    own text without the ``[Errno N]`` prefix)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(str(text).split("\n", 1)[0].split())
 
 
 def _flush_quietly(reporter: ProgressReporter) -> None:
