@@ -55,4 +55,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.config = args.student_config
+    from napari_lesion_diffkd.cli.train import check_config_bounds
+
+    code = check_config_bounds(args.config)  # absurd K, sizes or widths: one line, exit 2
+    if code is not None:
+        return code
     return train_from_cli(args)

@@ -22,7 +22,31 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def check_config_bounds(path: str) -> int | None:
+    """Exit code 2 (with one ``error:`` line) when the recipe at ``path`` has a value out of
+    bounds (``core/config_bounds.py``), else None. A file that cannot be read at all is left
+    to ``train_from_cli``, which reports it."""
+    import sys
+
+    from napari_lesion_diffkd.core.config_bounds import ConfigBoundsError, check_train_config
+    from napari_lesion_diffkd.core.config_files import read_mapping
+
+    try:
+        mapping = read_mapping(path)
+    except Exception:  # noqa: BLE001 - unreadable: train_from_cli says why
+        return None
+    try:
+        check_train_config(mapping)
+    except ConfigBoundsError as exc:
+        print(f"error: config {path}: {exc}", file=sys.stderr)
+        return 2
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_lesion_diffkd.core.training.cli_driver import train_from_cli
 
+    code = check_config_bounds(args.config)  # before any data is loaded or network built
+    if code is not None:
+        return code
     return train_from_cli(args)

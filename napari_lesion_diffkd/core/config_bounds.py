@@ -18,6 +18,11 @@ channels                1 or 3       ``input.channels``
 schedule timesteps      1 .. 100000  ``schedule.num_timesteps``
 network widths / depth  1 .. 4096    integer ``network`` values and lists of them
 ======================  ===========  =================================================
+
+Training recipes (``TrainConfig``) get the same bounds on the keys they share with a bundle
+(``input_size``, ``image_channels``, ``sampler``, ``schedule``, ``network``) plus
+``batch_size`` 1..4096, ``max_steps`` 0..10^7, ``val_samples`` 1..256, ``val_steps``
+1..1000 and ``trajectory_noises`` 1..256 (:func:`check_train_config`).
 """
 
 from __future__ import annotations
@@ -122,3 +127,28 @@ def _check_network_ints(section: Mapping[str, Any], label: str) -> None:
                     check_int(name, v, 0, MAX_NETWORK_INT)
         elif isinstance(value, int) and not isinstance(value, bool):
             check_int(name, value, 0, MAX_NETWORK_INT)
+
+
+def check_train_config(config: Mapping[str, Any]) -> None:
+    """Bounds of a training recipe (the mapping of a ``TrainConfig`` file), before any data
+    is loaded or network built. Only keys that are present are checked.
+
+    Raises:
+        ConfigBoundsError: naming the first offending key.
+    """
+    if "input_size" in config:
+        check_int("input_size", config["input_size"], MIN_INPUT_SIZE, MAX_INPUT_SIZE)
+    if "image_channels" in config:
+        ch = check_int("image_channels", config["image_channels"], 1, max(ALLOWED_CHANNELS))
+        if ch not in ALLOWED_CHANNELS:
+            raise ConfigBoundsError(f"image_channels must be one of {ALLOWED_CHANNELS}, got {ch}")
+    as_bundle: dict[str, Any] = {}
+    for key in ("sampler", "schedule", "network"):
+        if key in config:
+            as_bundle[key] = config[key]
+    check_bundle_config(as_bundle)
+    for key, lo, hi in (("batch_size", 1, 4096), ("max_steps", 0, 10_000_000),
+                        ("val_samples", 1, MAX_SAMPLES), ("val_steps", 1, MAX_STEPS),
+                        ("trajectory_noises", 1, MAX_SAMPLES)):
+        if config.get(key) is not None:
+            check_int(key, config[key], lo, hi)
