@@ -5,6 +5,13 @@ Contract (relied on by later issues and outside checks): for each input ``<stem>
 (uint8, 0 = certain) and, with K > 1, ``DIR/<stem>_samples.tif`` (K, H, W uint8 {0,255}); print
 one JSON line per image; skip bad inputs by name; exit non-zero if any input failed.
 
+Hardening (issue 13, docs/troubleshooting.md "Refused and repaired inputs"): inputs that
+would write the same files get ``<stem>-2``, ``-3`` ... in input order (the JSON line's
+``output_stem``); NaN/Inf pixels are filled with the image's finite minimum and reported in
+``warnings``; JSON lines are strict (non-finite -> null); images over the pixel limit
+(``LESION_DIFFKD_MAX_PIXELS``) are refused unread; ``--samples`` 1..256 and ``--steps``
+1..1000; a broken model bundle or an argument out of bounds is exit code 2.
+
 A SAM model (e.g. ``lesion-sam-tiny``) takes ``--prompt-box x0,y0,x1,y1`` and/or repeated
 ``--prompt-point x,y,label`` in image pixels (x = column, y = row) and writes the same files
 (K = 1; uncertainty = entropy of SAM's logits): ``core/predict_prompts.py``.
