@@ -211,3 +211,15 @@ def test_load_checkpoint_refuses_a_hostile_pickle_without_running_it(tmp_path: P
     assert load_checkpoint(tmp_path / "ok.pt", required=("step",)) == {"step": 3}
     with pytest.raises(CheckpointLoadError, match="missing \\['model'\\]"):
         load_checkpoint(tmp_path / "ok.pt", required=("model",))
+
+
+def test_every_shipped_recipe_is_within_the_training_bounds() -> None:
+    from napari_lesion_diffkd.core.config_bounds import check_train_config
+    from napari_lesion_diffkd.core.config_files import read_mapping
+
+    root = Path(__file__).parents[2]
+    recipes = sorted((root / "configs").rglob("*.yaml")) + sorted(
+        (root / "tests" / "fixtures").glob("*.yaml"))
+    assert len(recipes) >= 15
+    for path in recipes:
+        check_train_config(read_mapping(path))

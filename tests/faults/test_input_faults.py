@@ -470,6 +470,37 @@ def test_distill_resume_from_a_hostile_checkpoint_is_one_line(tiny_bundle: Path,
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("key, value", [
+    ("input_size", 100_000), ("image_channels", 5), ("batch_size", 0), ("max_steps", -1),
+    ("sampler", {"name": "ddim", "num_steps": 2, "num_samples": 100_000}),
+    ("network", {"_class_name": "CondDiffusionUNet", "base_channels": 10**6}),
+])
+def test_absurd_training_recipes_are_one_line_before_any_work(key: str, value, ph2_subset: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    config = yaml.safe_load((FIXTURES / "tiny_train.yaml").read_text())
+    config[key] = value
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    code, stdout, err = _run(_train_args(ph2_subset, out, tmp_path / "bad.yaml"), capsys)
+    assert code == 2
+    (line,) = _error_lines(err)
+    assert key in line and "bad.yaml" in line
+    assert not out.exists() and not stdout.strip()
+
+
+def test_distill_with_an_absurd_student_recipe_is_one_line(tiny_bundle: Path, ph2_subset: Path,
+                                                           tmp_path: Path, capsys) -> None:
+    config = yaml.safe_load((FIXTURES / "tiny_student.yaml").read_text())
+    config["trajectory_noises"] = 10**6
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = _run(["distill", "--teacher", str(tiny_bundle), "--student-config",
+                         str(tmp_path / "s.yaml"), "--data", str(ph2_subset), "--out",
+                         str(tmp_path / "out"), "--device", "cpu"], capsys)
+    assert code == 2
+    (line,) = _error_lines(err)
+    assert "trajectory_noises" in line and not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------- evaluate (exit 1)
 
 
@@ -500,5 +531,17 @@ def test_evaluate_names_a_bad_mask_and_scores_the_rest(fault: str, ct_pairs, tmp
 
 
 #: Distinct bad inputs this module tries (parametrised cases + single tests).
-BAD_INPUTS = (len(PER_IMAGE_FAULTS) + 2 + 3 + 1 + 4 + len(BUNDLE_FAULTS) + 5 + 3 + 5 + 1 + 1
-              + 3)
+BAD_INPUTS = (len(PER_IMAGE_FAULTS)  # corrupt / bomb / all-NaN / volume images: 13
+              + 2  # pixel-limit settings
+              + 3 + 1  # NaN/Inf pixels in TIFF, NaN in NIfTI
+              + 4  # clashing output names
+              + len(BUNDLE_FAULTS)  # 21 broken bundles
+              + 5  # absurd predict arguments, unknown model
+              + 3  # broken bundles in the models listing
+              + 5 + 1 + 1  # bad resume checkpoints, hostile distill cache and checkpoint
+              + 6 + 1  # absurd train and distill recipes
+              + 3)  # bad masks in evaluate
+
+
+def test_the_count_of_bad_inputs_is_what_the_report_says() -> None:
+    assert BAD_INPUTS == 69
