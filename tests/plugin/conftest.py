@@ -4,6 +4,8 @@ project folder and helpers that wait on workers (never sleep, never click)."""
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +75,62 @@ def bundle_copy(tmp_path) -> Path:
     return dst
 
 
-def wait_idle(qtbot, widget, timeout: int = 60_000) -> None:
+def wait_idle(qtbot, widget, timeout: int = 180_000) -> None:
     """Wait until the widget's worker has finished."""
     qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
 
 
 def wait_ready(qtbot, *pickers) -> None:
     """Wait until model pickers have read the catalogue."""
-    qtbot.waitUntil(lambda: all(p.is_ready for p in pickers), timeout=30_000)
+    qtbot.waitUntil(lambda: all(p.is_ready for p in pickers), timeout=120_000)
+
+
+HANG_S = 10.0  # a heartbeat gap this long means the GUI hung, not that the machine was busy
+
+
+class Heartbeat:
+    """A QTimer on the GUI thread that counts its beats, for tests that the GUI keeps turning
+    while work runs elsewhere - with no claim on how fast (that is machine load; see
+    benchmarks/bench_gui_responsiveness.py for the numbers).
+
+    Work in a worker thread calls :meth:`wait_beats` to block until the GUI has beaten ``n``
+    more times: that returns True only if the event loop turns while the work is under way,
+    however slow the machine is, and False at once when called on the GUI thread itself.
+    ``gui_thread`` is the thread that created it; ``longest_gap`` is for a hang detector
+    (``< HANG_S``) only.
+    """
+
+    def __init__(self, interval_ms: int = 20) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.gui_thread = threading.get_ident()
+        self.count = 0
+        self.times: list[float] = []
+        self._cond = threading.Condition()
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._beat)
+
+    def _beat(self) -> None:
+        with self._cond:
+            self.count += 1
+            self.times.append(time.perf_counter())
+            self._cond.notify_all()
+
+    def wait_beats(self, n: int, timeout_s: float = 120.0) -> bool:
+        if threading.get_ident() == self.gui_thread:
+            return False  # would only wait out the timeout: nothing can beat meanwhile
+        with self._cond:
+            target = self.count + n
+            return self._cond.wait_for(lambda: self.count >= target, timeout_s)
+
+    @property
+    def longest_gap(self) -> float:
+        return max((b - a for a, b in zip(self.times, self.times[1:])), default=0.0)
+
+    def __enter__(self) -> Heartbeat:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.stop()

@@ -1,24 +1,23 @@
 """The correction panel with SAM: ``lesion-sam-tiny`` loads in a worker, a box and clicks on
 a held-out PH2 image update the proposal live (debounced, one encoder run per image, stale
-answers dropped), the GUI never stalls, accept / undo / redo walk through SAM edits, and
-bad models are reported in the panel."""
+answers dropped), SAM runs off the GUI thread while the GUI keeps turning, accept / undo /
+redo walk through SAM edits, and bad models are reported in the panel. No wall-clock
+threshold: GUI latency depends on the machine's load (benchmarks/bench_gui_responsiveness.py)."""
 
 from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
 from skimage.io import imread
 
-from tests.plugin.conftest import ROOT
+from tests.plugin.conftest import HANG_S, ROOT, Heartbeat
 
 pytestmark = pytest.mark.gui
 
 HELD_OUT = "IMD009"  # validation split of lesion-sam-tiny and of the dermoscopy models
-MAX_GAP_S = 0.2
 
 
 @pytest.fixture
@@ -131,13 +130,27 @@ class Slow:
 
     def propose(self, request):
         self.calls += 1
-        self.gate.wait(10)
+        assert self.gate.wait(120), "never released"  # a hang guard, not a timing
         return self.inner.propose(request)
 
 
-def test_stale_answers_are_dropped_and_the_gui_never_stalls(viewer, qtbot, held_out) -> None:
-    from qtpy.QtCore import QTimer
+class Watched:
+    """Wraps a backend: records each request's thread, and before computing waits until the
+    GUI's heartbeat has beaten twice more (True only if the event loop turns meanwhile)."""
 
+    def __init__(self, inner, heartbeat: Heartbeat) -> None:
+        self.inner, self.name, self.heartbeat = inner, inner.name, heartbeat
+        self.threads: list[int] = []
+        self.saw_beats: list[bool] = []
+
+    def propose(self, request):
+        self.threads.append(threading.get_ident())
+        self.saw_beats.append(self.heartbeat.wait_beats(2))
+        return self.inner.propose(request)
+
+
+def test_stale_answers_are_dropped_and_sam_runs_off_the_gui_thread(viewer, qtbot,
+                                                                   held_out) -> None:
     image, gt = held_out
     viewer.add_image(image, name="lesion", rgb=True)
     w = sam_panel(viewer, qtbot)
@@ -150,30 +163,31 @@ def test_stale_answers_are_dropped_and_the_gui_never_stalls(viewer, qtbot, held_
     # Request 1 (a box far off the lesion) is held while the box moves onto the lesion:
     # its answer is stale when it arrives and must not be shown.
     boxes.add_rectangles(np.array([[0, 0], [0, 60], [60, 60], [60, 0]], float))
-    qtbot.waitUntil(lambda: slow.calls == 1 and w.worker is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: slow.calls == 1 and w.worker is not None, timeout=60_000)
     boxes.data = [rectangle(gt)]
-    qtbot.wait(300)  # the debounce fires while request 1 runs: one more is queued
+    # the debounce fires while request 1 runs: one more is queued
+    qtbot.waitUntil(lambda: w._pending, timeout=60_000)
     assert w.is_busy and slow.calls == 1
     slow.gate.set()
     settle(qtbot, w)
     assert slow.calls == 2 and w.dropped == 1 and w.proposals == 1
     assert dice(proposal.data, gt) > 0.85
 
-    # Heartbeat while the box moves 12 times, each time waiting for the live answer.
-    w.set_backend(sam)
-    beats: list[float] = []
-    heartbeat = QTimer()
-    heartbeat.setInterval(20)
-    heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
-    heartbeat.start()
-    for i in range(12):
-        before = w.proposals
-        boxes.data = [rectangle(gt, margin=5 + 2 * i, shift=i % 3)]
-        qtbot.waitUntil(lambda b=before: w.proposals > b and not w.is_busy, timeout=10_000)
-    heartbeat.stop()
-    gaps = np.diff(beats)
-    print(f"SAM live heartbeat: {len(beats)} beats, longest gap {1000 * gaps.max():.0f} ms")
-    assert len(beats) > 30 and gaps.max() < MAX_GAP_S, f"GUI stalled {1000 * gaps.max():.0f} ms"
+    # The box moves 12 times, each time waiting for the live answer: SAM runs in a worker
+    # thread, and the GUI's event loop turns while each request is under way.
+    heartbeat = Heartbeat(20)
+    watched = Watched(sam, heartbeat)
+    w.set_backend(watched)
+    with heartbeat:
+        for i in range(12):
+            before = w.proposals
+            boxes.data = [rectangle(gt, margin=5 + 2 * i, shift=i % 3)]
+            qtbot.waitUntil(lambda b=before: w.proposals > b and not w.is_busy, timeout=60_000)
+    print(f"SAM live heartbeat: {heartbeat.count} beats, longest gap "
+          f"{1000 * heartbeat.longest_gap:.0f} ms (not asserted: it depends on the machine)")
+    assert len(watched.threads) >= 12 and heartbeat.gui_thread not in watched.threads
+    assert all(watched.saw_beats), "the GUI's event loop did not turn while SAM ran"
+    assert heartbeat.longest_gap < HANG_S, f"GUI hung {heartbeat.longest_gap:.1f} s"
     assert dice(proposal.data, gt) > 0.8
 
 
