@@ -27,6 +27,7 @@ TIFF if the extra precision matters.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,11 @@ def _read_pillow(p: Path) -> tuple[np.ndarray, bool, dict]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 MP at open(); our own limit below decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
             # open() is lazy and has parsed only the header: refuse a pixel bomb before the
             # decode (Pillow's own DecompressionBombError only fires above ~179 MP).
             width, height = im.size
