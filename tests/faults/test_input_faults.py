@@ -501,6 +501,37 @@ def test_distill_with_an_absurd_student_recipe_is_one_line(tiny_bundle: Path, ph
     assert "trajectory_noises" in line and not (tmp_path / "out").exists()
 
 
+SAM_SSL_TINY = {"name": "tiny-sam-ssl", "input_size": 32,
+                "network": {"widths": [8, 8, 8, 8, 8], "depths": [1, 1, 1, 1, 1],
+                            "expand_ratio": 2, "decoder_widths": [8, 8]},
+                "batch_size": 2, "unlabelled_batch_size": 2, "max_steps": 4, "val_every": 2,
+                "checkpoint_every": 2, "label_fraction": 0.08, "warmup_steps": 1}
+
+
+@pytest.mark.parametrize("where", ["teacher_file", "resume_checkpoint"])
+def test_sam_distill_refuses_a_hostile_checkpoint(where: str, ph2_subset: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    """``distill --method sam-ssl``: a hostile ``--teacher x.pth`` or a planted
+    ``checkpoint.pt`` under ``--resume`` is refused in one line, its code never runs."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SAM_SSL_TINY))
+    out = tmp_path / "out"
+    teacher, extra = "lesion-sam-tiny", []
+    if where == "teacher_file":
+        teacher = str(bad_files.hostile_checkpoint(tmp_path / "sam_vit_b.pth", marker))
+    else:
+        out.mkdir()
+        bad_files.hostile_checkpoint(out / "checkpoint.pt", marker)
+        extra = ["--resume"]
+    code, _, err = _run(["distill", "--method", "sam-ssl", "--teacher", teacher,
+                         "--student-config", str(tmp_path / "s.yaml"), "--data", str(ph2_subset),
+                         "--out", str(out), "--device", "cpu", "--threads", "1", *extra], capsys)
+    assert code == 2
+    (line,) = _error_lines(err)
+    assert "refused" in line and ("sam_vit_b.pth" in line or "checkpoint.pt" in line)
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------- evaluate (exit 1)
 
 
@@ -539,9 +570,10 @@ BAD_INPUTS = (len(PER_IMAGE_FAULTS)  # corrupt / bomb / all-NaN / volume images:
               + 5  # absurd predict arguments, unknown model
               + 3  # broken bundles in the models listing
               + 5 + 1 + 1  # bad resume checkpoints, hostile distill cache and checkpoint
+              + 2  # hostile SAM teacher file and sam-ssl resume checkpoint
               + 6 + 1  # absurd train and distill recipes
               + 3)  # bad masks in evaluate
 
 
 def test_the_count_of_bad_inputs_is_what_the_report_says() -> None:
-    assert BAD_INPUTS == 69
+    assert BAD_INPUTS == 71
