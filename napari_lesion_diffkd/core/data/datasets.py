@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_lesion_diffkd.core.data.limits import check_pixel_count
 from napari_lesion_diffkd.core.data.preprocess import prepare_image, prepare_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -114,10 +115,32 @@ def read_image_file(path: str | Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             return np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _open_checked(path: str | Path):
+    """``PIL.Image.open`` plus the pixel limit (``limits.py``) on the header's size, before
+    any decode: a training folder can hold a pixel bomb as well as ``predict``'s input.
+
+    Raises:
+        PixelLimitError: (a ValueError) the declared size is over the limit.
+    """
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    try:
+        check_pixel_count(path, (im.height, im.width))
+    except BaseException:
+        im.close()
+        raise
+    return im
 
 
 def load_image_tensors(records: Sequence[ImageRecord], size: int, channels: int) -> torch.Tensor:
@@ -160,11 +183,9 @@ def group_split(
 
 def read_pair(record: PairRecord) -> tuple[np.ndarray, np.ndarray]:
     """Read one pair: image (Y, X) or (Y, X, 3) as stored, mask (Y, X) bool."""
-    from PIL import Image
-
-    with Image.open(record.image_path) as im:
+    with _open_checked(record.image_path) as im:
         image = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im)
-    with Image.open(record.mask_path) as im:
+    with _open_checked(record.mask_path) as im:
         mask = np.asarray(im.convert("L")) > 127
     if image.shape[:2] != mask.shape:
         raise ValueError(
