@@ -434,6 +434,22 @@ def test_train_resume_from_a_bad_checkpoint_is_one_line(fault: str, ph2_subset: 
     assert not (out / "model.safetensors").exists() and not stdout.strip()
 
 
+def test_train_on_a_folder_holding_a_pixel_bomb_is_one_line(ph2_subset: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    """Training reads its pairs with the same pixel limit as predict."""
+    data = Path(shutil.copytree(ph2_subset, tmp_path / "data", symlinks=True))
+    bad_files.png_bomb(data / "images" / "ZZZ999.png")
+    bad_files.png_bomb(data / "masks" / "ZZZ999.png")
+    with open(data / "metadata.csv", "a") as fh:
+        fh.write("ZZZ999,ZZZ999\n")
+    out = tmp_path / "run"
+    code, stdout, err = _run(_train_args(data, out), capsys)
+    assert code == 2
+    (line,) = _error_lines(err)
+    assert "ZZZ999.png" in line and "megapixels" in line
+    assert not (out / "model.safetensors").exists() and not stdout.strip()
+
+
 def test_distill_with_a_hostile_teacher_cache_is_one_line(tiny_bundle: Path, ph2_subset: Path,
                                                           tmp_path: Path, capsys) -> None:
     """The trajectory student's teacher-target cache in OUT is read with weights_only=True:
@@ -572,8 +588,9 @@ BAD_INPUTS = (len(PER_IMAGE_FAULTS)  # corrupt / bomb / all-NaN / volume images:
               + 5 + 1 + 1  # bad resume checkpoints, hostile distill cache and checkpoint
               + 2  # hostile SAM teacher file and sam-ssl resume checkpoint
               + 6 + 1  # absurd train and distill recipes
+              + 1  # a pixel bomb in a training folder
               + 3)  # bad masks in evaluate
 
 
 def test_the_count_of_bad_inputs_is_what_the_report_says() -> None:
-    assert BAD_INPUTS == 71
+    assert BAD_INPUTS == 72
