@@ -158,8 +158,9 @@ def write_dataset(store: ProjectStore, folder: Path,
 
     from napari_lesion_diffkd.core.data.readers import path_suffix
     from napari_lesion_diffkd.core.data.writers import atomic_write, write_mask_png
-    from napari_lesion_diffkd.core.tasks.train import DONE_MARKER
+    from napari_lesion_diffkd.core.store.names import child_file
     from napari_lesion_diffkd.core.store.transfer import _place_image
+    from napari_lesion_diffkd.core.tasks.train import DONE_MARKER
 
     if (folder / DONE_MARKER).is_file():
         return len(list((folder / "masks").glob("*.png")))
@@ -171,8 +172,12 @@ def write_dataset(store: ProjectStore, folder: Path,
     for image, version in items:
         if len(image.shape) != 2:
             continue
-        write_mask_png(folder / "masks" / f"{image.name}.png", store.read_label(version))
-        _place_image(image.path, folder / "images" / f"{image.name}{path_suffix(image.path)}",
+        # child_file: a stored name is checked on entry and migrated, and the destination is
+        # checked again here so that no name can ever write outside the round's folder.
+        write_mask_png(child_file(folder / "masks", f"{image.name}.png", root=folder),
+                       store.read_label(version))
+        _place_image(image.path, child_file(folder / "images",
+                                            f"{image.name}{path_suffix(image.path)}", root=folder),
                      link=True)
         writer.writerow([image.name, image.group or image.name])
         count += 1
