@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_lesion_diffkd.core.weights_check import WeightsError, check_state_dict
 from napari_lesion_diffkd import __version__
 from napari_lesion_diffkd.core.bundle import (
     CONFIG_NAME,
@@ -109,8 +110,12 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu") -> Load
     try:
         net = DualTaskNet(**kwargs)
         state = load_file(str(folder / WEIGHTS_NAME))
+        # Strict names/shapes, float and finite: NaN or int8 weights used to load silently.
+        check_state_dict(state, net.state_dict(), str(folder / WEIGHTS_NAME))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in state.items()})
+    except WeightsError as exc:
+        raise BundleError(str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{folder}: config cannot build the network ({exc})") from exc
     except (SafetensorError, OSError, RuntimeError) as exc:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_lesion_diffkd.core.weights_check import WeightsError, check_state_dict
 from napari_lesion_diffkd import __version__
 from napari_lesion_diffkd.core.bundle import (
     CONFIG_NAME,
@@ -97,9 +98,10 @@ def save_student_bundle(folder: str | Path, network: ViTFPNStudent, config: dict
 def is_student_bundle(folder: str | Path) -> bool:
     path = Path(folder) / CONFIG_NAME
     try:
-        return path.is_file() and json.loads(path.read_text()).get("kind") == KIND
-    except (OSError, json.JSONDecodeError):
+        config = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
         return False
+    return isinstance(config, dict) and config.get("kind") == KIND  # a list config: no
 
 
 def load_student_bundle(name_or_path: str | os.PathLike,
@@ -132,7 +134,11 @@ def load_student_bundle(name_or_path: str | os.PathLike,
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"{weights}: missing or unreadable weights ({exc})") from exc
     try:
+        # Strict names/shapes, float and finite: NaN or int8 weights used to load silently.
+        check_state_dict(state, network.state_dict(), str(weights))
         network.load_state_dict({k: v.float() for k, v in state.items()})
+    except WeightsError as exc:
+        raise BundleError(str(exc)) from None
     except RuntimeError as exc:
         raise BundleError(f"{weights}: weights do not fit the config ({exc})") from exc
     return LoadedStudent(network.to(device).eval(), config, folder)
