@@ -223,3 +223,30 @@ def test_every_shipped_recipe_is_within_the_training_bounds() -> None:
     assert len(recipes) >= 15
     for path in recipes:
         check_train_config(read_mapping(path))
+
+
+def test_a_sam_ssl_student_with_int8_weights_is_refused(ph2_subset: Path, tmp_path: Path
+                                                        ) -> None:
+    import yaml
+
+    from napari_lesion_diffkd.cli import main
+    from napari_lesion_diffkd.core.distillation.sam_ssl.bundle import load_student
+    from tests.faults.test_input_faults import SAM_SSL_TINY
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SAM_SSL_TINY))
+    out = tmp_path / "student"
+    assert main(["distill", "--method", "sam-ssl", "--teacher", "lesion-sam-tiny",
+                 "--student-config", str(tmp_path / "s.yaml"), "--data", str(ph2_subset),
+                 "--out", str(out), "--device", "cpu", "--threads", "1"]) == 0
+    folder = next(p.parent for p in out.rglob("config.json")
+                  if json.loads(p.read_text()).get("kind") == "sam-ssl-student")
+    load_student(folder)  # intact: loads
+
+    def change(state):
+        name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+        state[name] = state[name].to(torch.int8)
+        return state
+
+    bad_files.rewrite_weights(folder, change)
+    with pytest.raises(BundleError, match="torch.int8"):
+        load_student(folder)
