@@ -19,7 +19,9 @@ Image counts here vs the scripts' defaults (the full-split numbers are in the mo
 * ablation: 4 PH2 validation images (published: 16);
 * models: 8 validation images per model, the lite student's published 250-step sampler on 1;
 * onnx: 6 images, 3 timings each; sampling: 4 images; STAPLE: 3 repeats (default 7);
-* sam-prompts: all 281 held-out images of the four datasets (about 2 minutes).
+* sam-prompts: all 281 held-out images of the four datasets (about 2 minutes);
+* gui-responsiveness: a real napari viewer (under xvfb-run without a display), its defaults
+  (about 1.5 minutes).
 
 ``--quick`` divides the counts further (a smoke run of a few minutes, not for the docs).
 """
@@ -55,6 +57,7 @@ STEPS: list[tuple[str, list[str], list[str]]] = [
                 "--lite-images", "1"], []),
     ("onnx", ["bench_onnx.py", "--images", "6", "--repeats", "3", "--threads", "1", "2"], []),
     ("sam-prompts", ["bench_sam_prompts.py", "--threads", "1"], []),
+    ("gui-responsiveness", ["bench_gui_responsiveness.py"], []),
     ("active-learning", ["al_report.py", "runs/al-sim-ph2"], ["runs/al-sim-ph2"]),
 ]
 QUICK = {"--images": "2", "--repeats": "1", "--lite-images": "0"}
