@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    import imageio.v3 as iio
     import numpy as np
 
+    from napari_lesion_diffkd.core.data.readers import read_image
     from napari_lesion_diffkd.core.metrics import METRIC_NAMES, all_metrics
 
     pred_dir, gt_dir = Path(args.pred), Path(args.gt)
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     n_extra = sum(1 for s in preds if s not in gts)
 
     def read_mask(path: Path) -> np.ndarray:
-        a = np.asarray(iio.imread(path))
+        # read_image checks the declared size before decoding (a mask can be a pixel bomb too)
+        a = np.asarray(read_image(path).data)
         if a.ndim == 3 and a.shape[-1] in (3, 4):  # RGB(A) written masks: any colour
             a = a[..., :3].max(axis=-1)
         m = a > threshold

@@ -551,7 +551,8 @@ def test_sam_distill_refuses_a_hostile_checkpoint(where: str, ph2_subset: Path, 
 # ------------------------------------------------------------------- evaluate (exit 1)
 
 
-@pytest.mark.parametrize("fault", ["wrong_size_mask", "truncated_mask", "zero_byte_mask"])
+@pytest.mark.parametrize("fault", ["wrong_size_mask", "truncated_mask", "zero_byte_mask",
+                                   "mask_bomb"])
 def test_evaluate_names_a_bad_mask_and_scores_the_rest(fault: str, ct_pairs, tmp_path: Path,
                                                        capsys) -> None:
     from PIL import Image
@@ -566,12 +567,16 @@ def test_evaluate_names_a_bad_mask_and_scores_the_rest(fault: str, ct_pairs, tmp
         Image.open(victim).resize((100, 80)).save(victim)
     elif fault == "truncated_mask":
         _truncated(ct_pairs[0][1], victim)
+    elif fault == "mask_bomb":  # declares 12000 x 12000: refused before decoding
+        bad_files.png_bomb(victim)
     else:
         victim.write_bytes(b"")
     code, stdout, err = _run(["evaluate", "--pred", str(pred), "--gt", str(gt)], capsys)
     assert code == 1 and "Traceback" not in err
     failed = [line for line in err.splitlines() if "failed" in line]
     assert len(failed) == 1 and victim.stem in failed[0]
+    if fault == "mask_bomb":
+        assert "megapixels" in failed[0]
     (summary,) = _strict_json_lines(stdout)
     assert summary["n_images"] == 2 and summary["n_failed"] == 1
     assert summary["metrics"]["dice"]["mean"] == pytest.approx(1.0)
@@ -589,8 +594,8 @@ BAD_INPUTS = (len(PER_IMAGE_FAULTS)  # corrupt / bomb / all-NaN / volume images:
               + 2  # hostile SAM teacher file and sam-ssl resume checkpoint
               + 6 + 1  # absurd train and distill recipes
               + 1  # a pixel bomb in a training folder
-              + 3)  # bad masks in evaluate
+              + 4)  # bad masks in evaluate
 
 
 def test_the_count_of_bad_inputs_is_what_the_report_says() -> None:
-    assert BAD_INPUTS == 72
+    assert BAD_INPUTS == 73
