@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,8 +48,32 @@ def child_env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+#: Helper processes started by :func:`start_python` and not yet stopped.
+_STARTED: list[subprocess.Popen] = []
+
+
 def start_python(script: Path, *args: str) -> subprocess.Popen:
-    """Run a helper script in its own process group, stdout piped (text lines)."""
-    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
+    """Run a helper script in its own process group, stdout piped (text lines). Tests get
+    it stopped by :func:`_stop_helper_processes` in teardown, pass or fail."""
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=child_env(),
                             start_new_session=True)
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _stop_helper_processes() -> Iterator[None]:
+    """Kill (whole process group) and reap every helper a test started, pass or fail."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
