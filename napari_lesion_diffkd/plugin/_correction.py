@@ -1,5 +1,5 @@
-"""The correction panel's data side (no Qt): start masks, the prompt-backend contract, and
-undo / redo of accepted model outputs.
+"""The correction panel's data side (no Qt): start masks and the prompt-backend contract.
+(Undo / redo is napari's own labels history, see ``_layer_ops.write_labels``.)
 
 **Prompt backend contract** (SAM's is ``core/sam/correction_backend.SamCorrection``, which
 the panel loads through ``_sam_models.SamModelBox``; tests plug in stand-ins).
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -95,53 +95,3 @@ def start_mask(source: str, shape: tuple[int, ...], consensus: np.ndarray | None
             raise ValueError(f"sample {k + 1} does not exist (K = {samples.shape[0]})")
         return (samples[k] > 0).astype(np.uint8)
     raise ValueError(f"unknown start {source!r}; one of {START_SOURCES}")
-
-
-class LabelHistory:
-    """Undo / redo of whole-layer states written by Accept (model outputs, not brush
-    strokes: napari's own Ctrl-Z covers those).
-
-    Each entry is ``(before, after, description)`` with full copies; ``limit`` bounds the
-    memory (a (Y, X) mask is a few hundred kB; keep it small for volumes).
-    """
-
-    def __init__(self, limit: int = 20) -> None:
-        self.limit = limit
-        self._undo: list[tuple[np.ndarray, np.ndarray, str]] = []
-        self._redo: list[tuple[np.ndarray, np.ndarray, str]] = []
-
-    def push(self, before: Any, after: Any, description: str) -> None:
-        """Record a change (drops the redo stack, like every editor)."""
-        self._undo.append((np.array(before, copy=True), np.array(after, copy=True),
-                           description))
-        del self._undo[:-self.limit]
-        self._redo.clear()
-
-    def undo(self) -> tuple[np.ndarray, str] | None:
-        """The state before the last change (and its description), or None."""
-        if not self._undo:
-            return None
-        entry = self._undo.pop()
-        self._redo.append(entry)
-        return entry[0].copy(), entry[2]
-
-    def redo(self) -> tuple[np.ndarray, str] | None:
-        """The state after the last undone change, or None."""
-        if not self._redo:
-            return None
-        entry = self._redo.pop()
-        self._undo.append(entry)
-        return entry[1].copy(), entry[2]
-
-    @property
-    def can_undo(self) -> bool:
-        return bool(self._undo)
-
-    @property
-    def can_redo(self) -> bool:
-        return bool(self._redo)
-
-    def clear(self) -> None:
-        """Forget everything (another image or target layer)."""
-        self._undo.clear()
-        self._redo.clear()

@@ -82,15 +82,25 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
         if was_dirty and before_replace is not None:
             before_replace(existing)  # may save it and mark it clean
             was_dirty = is_dirty(existing)
+        undoable = (role == "consensus" and existing is not None
+                    and existing.data.shape == (image_layer.data.shape[:image_layer.ndim]))
         if z is not None:
-            data = _into_volume(existing, data, z, role, image_layer)
+            # An edited consensus gets the new slice through napari's history (below), so
+            # the previous result and the user's strokes stay one Ctrl-Z away.
+            data = _into_volume(None if undoable else existing, data, z, role, image_layer)
+            if undoable:
+                full = np.array(existing.data, copy=True)
+                full[z] = data[z]
+                data = full
         if existing is None:
             add = viewer.add_labels if kind == "labels" else viewer.add_image
             if z is not None and role == "consensus":
                 kwargs["metadata"][META_KEY]["clean"] = digest(data)
             layers[role] = add(data, **kwargs)
             continue
-        if existing.data is not data:
+        if undoable and existing.data.dtype == data.dtype:
+            write_labels(existing, data)  # one undo step, shared with brush strokes
+        elif existing.data is not data:
             existing.data = data
         else:
             existing.refresh()
@@ -168,3 +178,54 @@ def refresh_image_combo(combo: Any, viewer: napari.viewer.Viewer) -> bool:
         combo.setCurrentIndex(len(names) - 1)
     combo.blockSignals(False)
     return keep
+
+
+def write_labels(layer: Any, after: Any) -> int:
+    """Write ``after`` into a labels layer *through napari's own edit history*, as one undo
+    step; returns the number of pixels changed (0: nothing written, no step).
+
+    Model outputs and accepted proposals go through here, so they share one history with
+    the user's brush strokes: napari's Ctrl-Z / Ctrl-Shift-Z and the panels' Undo / Redo walk
+    through all of them in order, and an undo never drops a later stroke. Only the changed
+    pixels are recorded (one bounding box and mask per new label value), not whole copies.
+    The layer's array is updated in place (same shape and dtype; ``after`` is cast).
+    """
+    data = layer.data
+    after = np.asarray(after)
+    if after.shape != data.shape:
+        raise ValueError(f"shape {after.shape} does not match the layer's {data.shape}")
+    after = after.astype(data.dtype, copy=False)
+    changed = data != after
+    count = int(changed.sum())
+    if not count:
+        return 0
+    try:
+        from napari.layers.labels.labels import _MaskedPaintAtom
+    except ImportError:  # another napari: the public (larger) fancy-index record
+        _MaskedPaintAtom = None
+    with layer.block_history():  # one undo step for the whole write
+        for value in np.unique(after[changed]):
+            where = changed & (after == value)
+            if _MaskedPaintAtom is None:
+                layer.data_setitem(np.nonzero(where), value, refresh=False)
+                continue
+            index = np.nonzero(where)
+            key = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
+            mask = where[key]
+            layer._save_history(_MaskedPaintAtom(key, mask, np.array(data[key][mask]),
+                                                 int(value)))
+            region = np.asarray(data[key])
+            region[mask] = value
+            data[key] = region
+    layer.refresh()
+    return count
+
+
+def can_undo(layer: Any) -> bool:
+    """Whether napari's history of a labels layer has a step to undo."""
+    return bool(getattr(layer, "_undo_history", None))
+
+
+def can_redo(layer: Any) -> bool:
+    """Whether napari's history of a labels layer has a step to redo."""
+    return bool(getattr(layer, "_redo_history", None))

@@ -1,10 +1,13 @@
 """Dock widget "Correct segmentation": start from the consensus, a sample or nothing,
 refine with SAM prompts (points and a box, the mask updating live), then accept or reject;
-undo / redo accepted outputs.
+undo / redo.
 
 The proposal lives in its own labels layer (``<image> proposal``) that the user may also
 paint on. Accept copies it into the target layer (``<image> label``, the layer the project
-panel saves; created when missing) and records the change for Undo / Redo; Reject drops it.
+panel saves; created when missing) through napari's own labels history
+(``_layer_ops.write_labels``), so accepts, model outputs and brush strokes are one history:
+Undo / Redo here and napari's Ctrl-Z walk through them in order and drop nothing; Reject
+drops the proposal.
 
 Prompting: the SAM picker (``_sam_models.SamModelBox``, ``lesion-sam-tiny`` by default)
 loads a model in a worker and registers it with :meth:`CorrectionWidget.set_backend` (any
@@ -38,7 +41,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_lesion_diffkd.plugin._correction import START_SOURCES, LabelHistory
+from napari_lesion_diffkd.plugin._correction import START_SOURCES
 from napari_lesion_diffkd.plugin._sam_models import SamModelBox
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ class CorrectionWidget(QWidget):
     ``sample_spin``, ``start_button``, ``sam_models`` (:class:`SamModelBox`),
     ``live_check``, ``refine_button``, ``negative_check``, ``accept_button``,
     ``reject_button``, ``undo_button``, ``redo_button``, ``status``, ``backend``,
-    ``history``, ``worker`` (the running prompt request), ``proposals`` (backend answers
+    ``worker`` (the running prompt request), ``proposals`` (backend answers
     shown), ``dropped`` (stale answers dropped), ``is_busy``.
     """
 
@@ -71,12 +74,11 @@ class CorrectionWidget(QWidget):
         self.viewer = napari_viewer
         self.context = app_context(napari_viewer)
         self.backend: Any = None
-        self.history = LabelHistory()
         self.worker: Any = None
         self.proposals = 0
         self.dropped = 0
         self._refined = False
-        self._history_target: Any = None
+        self._history_target: Any = None  # the label layer Undo / Redo act on
         self._base: np.ndarray | None = None  # the start mask the prompts refine
         self._generation = 0  # bumped by every prompt change; older answers are stale
         self._pending = False
@@ -99,8 +101,11 @@ class CorrectionWidget(QWidget):
         self.refine_button.setEnabled(False)
         self.accept_button = QPushButton("Accept")
         self.reject_button = QPushButton("Reject")
-        self.undo_button = QPushButton("Undo accept")
-        self.redo_button = QPushButton("Redo accept")
+        self.undo_button = QPushButton("Undo")
+        self.redo_button = QPushButton("Redo")
+        self.undo_button.setToolTip("Undo the last change of the label layer: an accept or "
+                                    "a brush stroke (the same history as napari's Ctrl-Z)")
+        self.redo_button.setToolTip("Redo the last undone change of the label layer")
         self.status = QLabel("segment an image, then start a proposal")
         self.status.setWordWrap(True)
 
@@ -133,7 +138,7 @@ class CorrectionWidget(QWidget):
         self.negative_check.toggled.connect(self._on_negative)
         self.sam_models.loaded.connect(self.set_backend)
         self.sam_models.failed.connect(self.status.setText)
-        self.image_combo.currentTextChanged.connect(lambda _: self.history.clear())
+        self.image_combo.currentTextChanged.connect(lambda _: self._sync_buttons())
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.refresh_images)
         self.refresh_images()
@@ -217,6 +222,7 @@ class CorrectionWidget(QWidget):
 
     def accept(self) -> Any:
         """Copy the proposal into the target label layer (undoable); returns the target."""
+        from napari_lesion_diffkd.plugin._layer_ops import write_labels
         from napari_lesion_diffkd.plugin._layers import META_KEY
 
         image = self._image()
@@ -225,15 +231,14 @@ class CorrectionWidget(QWidget):
             self.status.setText("no proposal to accept: Start one first")
             return None
         target = self._target(image)
-        after = np.array(proposal.data, copy=True).astype(target.data.dtype)
-        self._record(target, np.array(target.data, copy=True), after, "accept proposal")
-        target.data = after
+        self._watch(target)
+        write_labels(target, proposal.data)  # one step of the layer's own undo history
         if self._refined:  # the store records prompt-made labels as their own kind
             marker = dict(target.metadata.get(META_KEY, {}))
             marker["save_kind"] = "sam-assisted"
             target.metadata = {**target.metadata, META_KEY: marker}
         self._drop_proposal(image)
-        self.status.setText(f"accepted into {target.name} (Undo accept to revert)")
+        self.status.setText(f"accepted into {target.name} (Undo to revert)")
         self._sync_buttons()
         return target
 
@@ -246,12 +251,12 @@ class CorrectionWidget(QWidget):
         self._sync_buttons()
 
     def undo(self) -> None:
-        """Revert the last accepted proposal."""
-        self._apply_history(self.history.undo(), "undo")
+        """Undo the label layer's last change (an accept or a brush stroke), as Ctrl-Z."""
+        self._apply_history("undo")
 
     def redo(self) -> None:
-        """Re-apply the last undone accept."""
-        self._apply_history(self.history.redo(), "redo")
+        """Redo the label layer's last undone change."""
+        self._apply_history("redo")
 
     # -- prompting -----------------------------------------------------------------------
     def _on_prompt_change(self, event: Any = None) -> None:
@@ -386,20 +391,35 @@ class CorrectionWidget(QWidget):
                 metadata=model_meta("label", image.name, "project", None, digest(empty)))
         return layer
 
-    def _record(self, target: Any, before: np.ndarray, after: np.ndarray, what: str) -> None:
-        if self._history_target is not target:
-            self.history.clear()  # undo applies to one layer at a time
-            self._history_target = target
-        self.history.push(before, after, what)
+    def _history_layer(self) -> Any:
+        """The shown image's label layer (Undo / Redo act on its napari history), if any."""
+        from napari_lesion_diffkd.plugin._layer_ops import find_managed
 
-    def _apply_history(self, entry: Any, verb: str) -> None:
-        target = self._history_target
-        if entry is None or target is None or target not in self.viewer.layers:
+        image = self._image(quiet=True)
+        layer = None if image is None else find_managed(self.viewer, image.name, "label",
+                                                          "project")
+        if layer is not None:
+            self._watch(layer)
+        return layer
+
+    def _watch(self, layer: Any) -> None:
+        """Keep Undo / Redo in step with brush strokes and napari's own Ctrl-Z."""
+        if self._history_target is layer:
+            return
+        self._history_target = layer
+        for event in (layer.events.paint, layer.events.data, layer.events.set_data):
+            event.connect(self._sync_buttons)
+
+    def _apply_history(self, verb: str) -> None:
+        from napari_lesion_diffkd.plugin._layer_ops import can_redo, can_undo
+
+        target = self._history_layer()
+        able = can_undo if verb == "undo" else can_redo
+        if target is None or not able(target):
             self.status.setText(f"nothing to {verb}")
             return
-        data, what = entry
-        target.data = data
-        self.status.setText(f"{verb}: {what}")
+        getattr(target, verb)()
+        self.status.setText(f"{verb} on {target.name}")
         self._sync_buttons()
 
     def _drop_proposal(self, image: Any) -> None:
@@ -418,7 +438,10 @@ class CorrectionWidget(QWidget):
         if prompts is not None:
             prompts.feature_defaults = {"positive": not negative}
 
-    def _sync_buttons(self) -> None:
+    def _sync_buttons(self, *_: Any) -> None:
+        from napari_lesion_diffkd.plugin._layer_ops import can_redo, can_undo
+
         self.refine_button.setEnabled(self.backend is not None)
-        self.undo_button.setEnabled(self.history.can_undo)
-        self.redo_button.setEnabled(self.history.can_redo)
+        target = self._history_layer()
+        self.undo_button.setEnabled(target is not None and can_undo(target))
+        self.redo_button.setEnabled(target is not None and can_redo(target))

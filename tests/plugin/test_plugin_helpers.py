@@ -95,7 +95,7 @@ def test_train_log_tail_reads_only_complete_new_lines(tmp_path) -> None:
 
 def test_volume_stacking_and_correction_helpers() -> None:
     from napari_lesion_diffkd.core.segmenter import SegmentationResult
-    from napari_lesion_diffkd.plugin._correction import LabelHistory, start_mask
+    from napari_lesion_diffkd.plugin._correction import start_mask
     from napari_lesion_diffkd.plugin._segment_job import stack_results
 
     def result(v: float) -> SegmentationResult:
@@ -116,12 +116,6 @@ def test_volume_stacking_and_correction_helpers() -> None:
     assert not start_mask("empty", (3, 3)).any()
     with pytest.raises(ValueError, match="segment the image first"):
         start_mask("consensus", (3, 3))
-    history = LabelHistory(limit=2)
-    for i in range(3):
-        history.push(np.full(2, i), np.full(2, i + 1), f"step {i}")
-    assert history.undo()[0].tolist() == [2, 2] and history.undo()[0].tolist() == [1, 1]
-    assert history.undo() is None  # the oldest entry fell off the limit
-    assert history.redo()[0].tolist() == [2, 2]
 
 
 def test_prompt_models_are_not_segmenters(tmp_path) -> None:
