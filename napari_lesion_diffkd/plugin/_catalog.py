@@ -22,18 +22,13 @@ ROLE_PREFERENCE = ("student", "teacher", "baseline")
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
-# DICOM Modality codes and loose spellings -> the bundle vocabulary.
-_MODALITY_ALIASES = {
-    "ct": "ct", "dermoscopy": "dermoscopy", "xc": "dermoscopy", "dermatology": "dermoscopy",
-    "us": "ultrasound", "ultrasound": "ultrasound", "ultrasonography": "ultrasound",
-}
-
 
 def normalise_modality(text: Any) -> str | None:
-    """``"CT"`` -> ``"ct"``, ``"US"`` -> ``"ultrasound"``, ...; None when unknown or empty."""
-    if not text:
-        return None
-    return _MODALITY_ALIASES.get(str(text).strip().lower())
+    """``"CT"`` -> ``"ct"``, ``"US"`` -> ``"ultrasound"``, ...; None when unknown or empty
+    (:func:`core.data.modality.normalise_modality`)."""
+    from napari_lesion_diffkd.core.data.modality import normalise_modality as normalise
+
+    return normalise(text)
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,26 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def detect_modality(metadata: Mapping[str, Any] | None, rgb: bool) -> str | None:
-    """The modality of an image layer: its ``metadata["modality"]`` (DICOM codes mapped),
-    else ``dermoscopy`` for an RGB image (the only colour modality here), else None."""
-    found = normalise_modality((metadata or {}).get("modality"))
-    if found is not None:
-        return found
-    return "dermoscopy" if rgb else None
+def detect_modality(metadata: Mapping[str, Any] | None, rgb: bool,
+                    data: Any = None) -> str | None:
+    """The modality of an image layer (:func:`guess_modality`'s answer), None if unknown.
+
+    Without ``data`` only the metadata and the colour flag count (RGB -> dermoscopy)."""
+    if data is None:
+        found = normalise_modality((metadata or {}).get("modality"))
+        if found is not None:
+            return found
+        return "dermoscopy" if rgb else None
+    return guess_modality(data, metadata, rgb).modality
+
+
+def guess_modality(data: Any, metadata: Mapping[str, Any] | None, rgb: bool) -> Any:
+    """:class:`core.data.modality.ModalityGuess` of an image layer's pixels and metadata
+    (DICOM tag, the project's setting, HU range, content; a gray PNG is not CT by
+    default)."""
+    from napari_lesion_diffkd.core.data.modality import detect_modality as detect
+
+    return detect(data, metadata, rgb=rgb)
 
 
 def looks_like_hu(data: Any, metadata: Mapping[str, Any] | None = None) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QFormLayout, QSpinBox, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QWidget
 
 from napari_lesion_diffkd.plugin._catalog import DEVICES, MODALITIES
 from napari_lesion_diffkd.plugin._model_picker import ModelPicker
@@ -39,6 +39,9 @@ class SegmentForm(QWidget):
         self.image_combo = QComboBox()
         self.modality_combo = QComboBox()
         self.modality_combo.addItems([AUTO, *MODALITIES])
+        self.modality_note = QLabel("")  # the detected modality; a warning on a mismatch
+        self.modality_note.setWordWrap(True)
+        self._guess: tuple[Any, Any] | None = None  # (layer data, ModalityGuess) cache
         self.window_combo = QComboBox()
         self.picker = ModelPicker(context)
         self.device_combo = QComboBox()
@@ -60,6 +63,7 @@ class SegmentForm(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("image", self.image_combo)
         form.addRow("modality", self.modality_combo)
+        form.addRow("detected", self.modality_note)
         form.addRow("CT window", self.window_combo)
         form.addRow("model", self.picker)
         form.addRow("device", self.device_combo)
@@ -78,6 +82,7 @@ class SegmentForm(QWidget):
         self.window_combo.currentTextChanged.connect(self._apply_window)
         self.sampler_combo.currentTextChanged.connect(lambda _: self._sync_enabled())
         self.picker.changed.connect(lambda _: self._sync_enabled())
+        self.picker.changed.connect(lambda _: self._update_note())
         self.backend_combo.currentTextChanged.connect(lambda _: self._sync_enabled())
         self.picker.ready.connect(self._on_models_ready)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -104,16 +109,42 @@ class SegmentForm(QWidget):
 
     def modality(self) -> str | None:
         """The preset's modality: the chosen one, else the image's own (None if unknown)."""
-        from napari_lesion_diffkd.plugin._presets import detect_modality
-
         chosen = self.modality_combo.currentText()
         if chosen != AUTO:
             return chosen
+        guess = self.guess()
+        return None if guess is None else guess.modality
+
+    def guess(self) -> Any:
+        """The selected image's :class:`core.data.modality.ModalityGuess` (None without an
+        image): DICOM tag / project setting, HU range, else the pixels (cached per data)."""
+        from napari_lesion_diffkd.plugin._presets import guess_modality
+
         try:
             layer = self.image_layer()
         except ValueError:
             return None
-        return detect_modality(layer.metadata, bool(getattr(layer, "rgb", False)))
+        if self._guess is None or self._guess[0] is not layer.data:
+            self._guess = (layer.data, guess_modality(
+                layer.data, layer.metadata, bool(getattr(layer, "rgb", False))))
+        return self._guess[1]
+
+    def _update_note(self) -> None:
+        """Show the detected modality; warn when the chosen model is for another one."""
+        guess, entry = self.guess(), self.picker.current()
+        if guess is None:
+            self.modality_note.setText("")
+            return
+        text = guess.describe()
+        image = guess.modality or (self.modality_combo.currentText()
+                                   if self.modality_combo.currentText() != AUTO else None)
+        if entry is not None and image and entry.modality and entry.modality != image:
+            text += (f"\n\u26a0 {entry.label} is a model for {entry.modality}; this image "
+                     f"looks like {image}")
+        elif guess.modality is None and self.modality_combo.currentText() == AUTO:
+            text += "\nchoose the modality (or the model) yourself"
+        self.modality_note.setText(text)
+        self.modality_note.setToolTip(text)
 
     def request(self) -> SegmentRequest:
         """The run's settings; ValueError when no model is selected."""
@@ -141,8 +172,12 @@ class SegmentForm(QWidget):
         modality = self.modality()
         preset = PRESETS.get(modality or "")
         # A new modality selects its default model; another image of the same modality
-        # keeps the user's choice.
-        self.picker.set_modality(modality, select_default=modality != self._preset_modality)
+        # keeps the user's choice, unless that model is for another modality. An unknown
+        # modality keeps the model (no student of an arbitrary modality is picked).
+        entry = self.picker.current()
+        stale = entry is not None and entry.modality not in (None, modality)
+        self.picker.set_modality(modality, select_default=modality is not None and (
+            modality != self._preset_modality or stale))
         self._preset_modality = modality
         try:
             layer = self.image_layer()
@@ -160,6 +195,7 @@ class SegmentForm(QWidget):
             self._apply_window(self.window_combo.currentText())
         if layer is not None:
             self._apply_spacing(layer)
+        self._update_note()
 
     def _apply_window(self, name: str) -> None:
         from napari_lesion_diffkd.plugin._presets import window_contrast
@@ -192,6 +228,12 @@ class SegmentForm(QWidget):
             self.scope_combo.addItems([SCOPE_SLICE, SCOPE_VOLUME])
         else:
             self.scope_combo.addItem(SCOPE_IMAGE)
+        chosen, guess = self.modality_combo.currentText(), self.guess()
+        if chosen != AUTO and guess is not None and guess.modality not in (None, chosen):
+            # The last image's modality must not stick to an image of another modality.
+            self.modality_combo.blockSignals(True)
+            self.modality_combo.setCurrentText(AUTO)
+            self.modality_combo.blockSignals(False)
         if self.picker.is_ready:
             self.apply_preset()
 
