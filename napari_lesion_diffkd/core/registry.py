@@ -131,3 +131,56 @@ def _summary_row(name: str, folder: Path, cfg: dict[str, Any]) -> dict[str, Any]
         "val_dice": None if dice is None else float(dice),
         "path": str(folder),
     }
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """The sha256 (hex) of a bundle folder's weights file."""
+    import hashlib
+
+    from napari_lesion_diffkd.core.bundle import WEIGHTS_NAME
+
+    digest = hashlib.sha256()
+    with (Path(folder) / WEIGHTS_NAME).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_reference(name_or_path: str | os.PathLike) -> dict[str, str]:
+    """How a bundle refers to another one it needs (e.g. a teacher's condition network):
+    ``{"name": ..., "sha256": ...}``, the registered name whose weights are these (else the
+    bundle's own config name) and the weights' sha256; never a local folder path."""
+    folder = resolve_model(name_or_path)
+    sha = weights_sha256(folder)
+    for name, registered in _bundles().items():
+        try:
+            if weights_sha256(registered) == sha:
+                return {"name": name, "sha256": sha}
+        except OSError:
+            continue
+    try:
+        name = str(read_config(folder).get("name") or folder.name)
+    except BundleError:
+        name = folder.name
+    return {"name": name, "sha256": sha}
+
+
+def resolve_reference(ref: str | os.PathLike | dict[str, Any]) -> Path:
+    """The bundle folder of a reference: a registered name or folder, or ``{"name",
+    "sha256"}`` (:func:`bundle_reference`), whose weights must then match the sha256.
+
+    Raises:
+        UnknownModelError: no such bundle.
+        BundleError: the weights differ from the recorded sha256.
+    """
+    if not isinstance(ref, dict):
+        return resolve_model(ref)
+    name, sha = ref.get("name"), ref.get("sha256")
+    if not name:
+        raise UnknownModelError(f"bundle reference {ref!r} names no bundle")
+    folder = resolve_model(str(name))
+    if sha and weights_sha256(folder) != sha:
+        raise BundleError(f"{name} ({folder}): weights sha256 {weights_sha256(folder)[:12]}... "
+                          f"differ from the recorded {str(sha)[:12]}...: another version "
+                          "of this bundle is registered")
+    return folder

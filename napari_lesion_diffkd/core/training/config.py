@@ -52,7 +52,10 @@ class TrainConfig:
         init_bundle: a bundle folder with the same network whose weights start the run
             (fine-tuning); ignored when resuming, where the checkpoint's weights win.
         condition_bundle: a trained SegUNet bundle whose weights initialise (and freeze)
-            a UniSegDiff network's condition network.
+            a UniSegDiff network's condition network: a registered name, a bundle folder,
+            or ``{"name": registered name, "sha256": weights sha256}`` (what a saved bundle
+            records, checked on load). Not read when fine-tuning (``init_bundle``): the
+            condition weights are part of the initial bundle's weights.
         teacher: a frozen teacher (registered name or bundle folder) for distillation.
         kd_method: with a teacher and the ``"diffusion"`` objective (seed 000's student):
             ``"none"`` (no KD), ``"general"`` (eq. 2, MSE between the student's and teacher's
@@ -118,7 +121,7 @@ class TrainConfig:
     leaf_lambda: float = 0.0
     leaf_encoder: str | None = None
     leaf_feature_module: str = "mid"
-    condition_bundle: str | None = None
+    condition_bundle: str | dict[str, Any] | None = None
     init_bundle: str | None = None
     teacher: str | None = None
     kd_method: str = "none"

@@ -283,11 +283,15 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 def _build(config: TrainConfig, device: torch.device) -> nn.Module:
     network = build_network({**config.network, "image_channels": config.image_channels})
-    if config.condition_bundle:
+    if config.condition_bundle and not config.init_bundle:
+        # Fine-tuning (init_bundle) needs no condition bundle: its condition network's
+        # weights are part of the initial bundle's weights.
         from napari_lesion_diffkd.core.bundle import load_bundle
+        from napari_lesion_diffkd.core.registry import resolve_reference
 
-        seg = load_bundle(config.condition_bundle)
+        seg = load_bundle(resolve_reference(config.condition_bundle))
         network.load_condition_state(seg.network.state_dict())
+    if config.condition_bundle:
         network.freeze_condition()
     if config.init_bundle:  # fine-tuning: start from a trained bundle's (fp16-stored) weights
         from napari_lesion_diffkd.core.registry import load_model
@@ -295,6 +299,22 @@ def _build(config: TrainConfig, device: torch.device) -> nn.Module:
         # A registered name (e.g. "ct-student") or a bundle folder.
         network.load_state_dict(load_model(config.init_bundle).network.state_dict())
     return network.to(device)
+
+
+def _portable(config: TrainConfig) -> dict[str, Any]:
+    """The config as a bundle stores it: the condition network named by registered name
+    and weights sha256 (:func:`core.registry.bundle_reference`), never by a local folder
+    that a fresh clone lacks (its weights are in the bundle's own weights anyway)."""
+    data = config.to_dict()
+    ref = data.get("condition_bundle")
+    if ref and not isinstance(ref, dict):
+        from napari_lesion_diffkd.core.registry import UnknownModelError, bundle_reference
+
+        try:
+            data["condition_bundle"] = bundle_reference(ref)
+        except (UnknownModelError, OSError):
+            data["condition_bundle"] = {"name": Path(str(ref)).name, "sha256": None}
+    return data
 
 
 def _unlabelled_tensors(
@@ -539,7 +559,7 @@ def train(
         "num_parameters": sum(p.numel() for p in ema.parameters()),
         "metrics": {"model_resolution_dice": best_dice},
         "provenance": {
-            **(provenance or {}), "train_config": config.to_dict(), "steps": step,
+            **(provenance or {}), "train_config": _portable(config), "steps": step,
             "train_seconds": round(seconds, 1), "world_size": info.world_size,
             "split": {"method": "group", "val_fraction": config.val_fraction,
                       "seed": config.split_seed, "n_train": len(train_recs),
