@@ -14,7 +14,8 @@ import sys
 from napari_lesion_diffkd import __version__
 
 SUBCOMMANDS = ("models", "predict", "train", "distill", "evaluate", "demo", "job", "sam_finetune",
-               "simulate_al", "loop", "export_onnx", "sam_average", "calibrate_spread",
+               "simulate_al", "simulate_annotation", "loop", "export_onnx", "sam_average",
+               "calibrate_spread",
                "project")
 
 

@@ -37,7 +37,7 @@ def _fake_package(root: Path, extra_imports: dict[str, str]) -> None:
                "core/metrics", "core/evaluation", "core/predict_files", "core/job_runner",
                "plugin/__init__", "cli/__init__", "__init__"]
     packages = ["data", "networks", "diffusion", "ensemble", "onnx", "training",
-                "distillation", "sam", "store", "tasks", "active_learning"]
+                "distillation", "sam", "store", "tasks", "active_learning", "annotation_sim"]
     modules += [f"core/{p}/__init__" for p in packages]
     for name in modules:
         path = root / "fakepkg" / f"{name}.py"
