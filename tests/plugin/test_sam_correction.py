@@ -20,6 +20,13 @@ pytestmark = pytest.mark.gui
 HELD_OUT = "IMD009"  # validation split of lesion-sam-tiny and of the dermoscopy models
 
 
+@pytest.fixture(autouse=True)
+def _lesion_sam_tiny_default(monkeypatch):
+    """These tests are written for lesion-sam-tiny (the default before medsam-lite, which
+    tests/plugin/test_medsam_correction.py covers)."""
+    monkeypatch.setenv("LESION_DIFFKD_SAM", "lesion-sam-tiny")
+
+
 @pytest.fixture
 def held_out(data_root) -> tuple[np.ndarray, np.ndarray]:
     root = data_root / "ph2_dermoscopy"
