@@ -2,7 +2,9 @@
 
 For each input ``<stem>.<ext>`` writes ``<out>/<stem>.png`` (consensus, uint8 {0, 255}),
 ``<out>/<stem>_uncertainty.png`` (uint8, 0 = certain, 255 = one bit of entropy) and, when
-K > 1, ``<out>/<stem>_samples.tif`` (K, Y, X) uint8 {0, 255}; prints one JSON line per image to
+K > 1, ``<out>/<stem>_samples.tif`` (K, Y, X) uint8 {0, 255}, every file at the input's
+(Y, X) size, also for a large image whose maps were computed at a working resolution
+(``core.segmenter``; the JSON line then has ``working_shape``); prints one JSON line per image to
 stdout. Bad inputs are reported on stderr by name and skipped; every file is written
 atomically, so an interrupted run never leaves a half-written mask.
 
@@ -113,7 +115,9 @@ def write_outputs(out_dir: Path, stem: str, result) -> dict[str, str]:
 
         buf = io.BytesIO()
         # minisblack: K = 3 or 4 must not be mistaken for RGB(A) planes.
-        tifffile.imwrite(buf, result.samples.astype(np.uint8) * 255, compression="zlib",
+        # At the input's size, also for a large image (computed at a working shape).
+        samples = result.full_samples() if hasattr(result, "full_samples") else result.samples
+        tifffile.imwrite(buf, np.asarray(samples).astype(np.uint8) * 255, compression="zlib",
                          photometric="minisblack")
         paths["samples"] = out_dir / f"{stem}_samples.tif"
         atomic_write_bytes(paths["samples"], buf.getvalue())
@@ -186,6 +190,8 @@ def predict_files(
             "output_stem": stem,
             "outputs": written,
         }
+        if getattr(result, "working_shape", None) is not None:
+            line["working_shape"] = list(result.working_shape)
         if result.warnings:
             line["warnings"] = list(result.warnings)
             for text in result.warnings:

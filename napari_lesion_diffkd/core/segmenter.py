@@ -8,6 +8,17 @@ Frames: ``image`` is (Y, X) gray or (Y, X, 3) RGB in its own pixel frame; every 
 is in that same (Y, X) frame. The model runs at its square input size; its continuous x0
 outputs are resized back (bilinear) before thresholding at 0, so masks follow the input's
 shape exactly.
+
+Large images (longer side above ``max(1024, 4 S)``): samples, fusion (STAPLE) and
+uncertainty are computed at a working shape whose longer side is ``4 S``
+(``core.data.preprocess.working_shape``; S = the model's input size, 128 or 256 px: finer
+detail than that is not in the model's output), then the
+probability and uncertainty maps are upsampled bilinearly to the input's shape and the
+consensus is the upsampled probability thresholded as the fusion does. The K sample masks
+stay at the working shape (``SegmentationResult.samples``; ``full_samples()`` upsamples them
+nearest-neighbour, which the CLI's ``predict`` files and the store use), so a 4000 x 3000
+image costs about what a 512 px one does (docs/benchmarks.md, "Large images").
+``SegmentationResult.working_shape`` / ``working_note`` say when this happened.
 """
 
 from __future__ import annotations
@@ -23,7 +34,12 @@ import torch
 from napari_lesion_diffkd.core.bundle import ModelBundle
 from napari_lesion_diffkd.core.config_bounds import MAX_SAMPLES, check_int, check_sampling_args
 from napari_lesion_diffkd.core.data.finite import fill_nonfinite, nonfinite_warning
-from napari_lesion_diffkd.core.data.preprocess import prepare_image, resize_maps
+from napari_lesion_diffkd.core.data.preprocess import (
+    prepare_image,
+    resize_maps,
+    upsample_masks,
+    working_shape,
+)
 from napari_lesion_diffkd.core.diffusion.sampling_common import sample_seeds  # re-exported
 from napari_lesion_diffkd.core.jobs import JobEvent
 
@@ -35,7 +51,9 @@ class SegmentationResult:
     """Results for one image, all in the input's (Y, X) pixel frame.
 
     Attributes:
-        samples: (K, Y, X) bool, the K sampled masks.
+        samples: (K, y, x) bool, the K sampled masks at the working shape: the input's
+            (Y, X) unless ``working_shape`` is set (a large image; :meth:`full_samples`
+            gives them at (Y, X)).
         probability: (Y, X) float32 in [0, 1], the fused foreground probability
             (STAPLE posterior, or the mean of the samples mapped to [0, 1]).
         consensus: (Y, X) bool, the fused mask.
@@ -48,6 +66,9 @@ class SegmentationResult:
         settings: the model name, K, sampler, steps, fusion and seed used.
         warnings: one line per thing the caller should know about the input, e.g. NaN/Inf
             pixels that were replaced by the finite minimum (``core/data/finite.py``).
+        working_shape: the (y, x) shape samples, fusion and uncertainty were computed at
+            when smaller than the input's (a large image; the maps were then upsampled),
+            else None.
     """
 
     samples: np.ndarray
@@ -60,6 +81,22 @@ class SegmentationResult:
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    working_shape: tuple[int, int] | None = None
+
+    @property
+    def working_note(self) -> str:
+        """One line for the user when the maps were computed at a reduced size, else ""."""
+        if self.working_shape is None:
+            return ""
+        y, x = self.consensus.shape[-2:]
+        return (f"large image: samples, fusion and uncertainty computed at "
+                f"{self.working_shape[1]}x{self.working_shape[0]} px and upsampled to "
+                f"{x}x{y} (finer detail is not in the model's output)")
+
+    def full_samples(self) -> np.ndarray:
+        """(K, Y, X) bool samples at the input's shape (upsampled nearest-neighbour when
+        they were computed at a working shape)."""
+        return upsample_masks(self.samples, tuple(self.consensus.shape[-2:]))
 
 
 def build_bundle_sampler(bundle: ModelBundle, sampler: str | None, num_steps: int | None):
@@ -92,6 +129,7 @@ def segment_image(
     seed: int = 0,
     uncertainty: str = "entropy",
     backend: str = "torch",
+    working_max_side: int | None = None,
 ) -> Generator[JobEvent, None, SegmentationResult]:
     """Sample K masks for ``image`` and fuse them.
 
@@ -113,6 +151,9 @@ def segment_image(
         backend: ``torch`` (the bundle's network) or ``onnxruntime`` (the network exported
             to ONNX on first use, cached by weights hash, ``core/onnx``; CPU only). The
             sampler, seeds, fusion and uncertainty code are the same for both.
+        working_max_side: the longest side samples, fusion and uncertainty are computed at
+            (None: ``4 S`` for images longer than ``max(1024, 4 S)``, see the module
+            docstring; 0: always the input's full size).
 
     Yields:
         A progress event per network call.
@@ -148,19 +189,30 @@ def segment_image(
     device = _device(bundle, backend)
     cond = prepare_image(image, bundle.input_size, bundle.image_channels)[None].to(device)
     x0 = yield from the_sampler.sample(network, cond, k, seeds=sample_seeds(seed, k))
+    full = tuple(int(v) for v in image.shape[:2])
+    work = working_shape(full, bundle.input_size, working_max_side)
     with torch.no_grad():
-        x0_full = resize_maps(x0[:, :, 0].float().cpu(), image.shape[:2])  # (1, K, Y, X)
-        fused = fuse_samples(x0_full, method=fusion)
-        unc = uncertainty_map(x0_full, kind=uncertainty, soft=True)
-        scores = image_scores(x0_full, consensus=fused.consensus)
+        x0_work = resize_maps(x0[:, :, 0].float().cpu(), work)  # (1, K, y, x)
+        fused = fuse_samples(x0_work, method=fusion)
+        unc = uncertainty_map(x0_work, kind=uncertainty, soft=True)
+        scores = image_scores(x0_work, consensus=fused.consensus)
+        probability = fused.probability[0].cpu().float()
+        consensus = fused.consensus[0].cpu()
+        unc = unc[0].cpu().float()
+        samples = (x0_work[0] > 0).numpy()
+        if work != full:  # back to the input's shape for display and files
+            probability = resize_maps(probability, full).clamp_(0.0, 1.0)
+            # The fusion's own rule: STAPLE's MAP label is posterior >= 0.5, the others > 0.5.
+            consensus = probability >= 0.5 if fusion == "staple" else probability > 0.5
+            unc = resize_maps(unc, full).clamp_(0.0, 1.0)
     seconds = time.perf_counter() - start
     sens = None if fused.sensitivity is None else fused.sensitivity[0].cpu().numpy()
     spec = None if fused.specificity is None else fused.specificity[0].cpu().numpy()
     return SegmentationResult(
-        samples=(x0_full[0] > 0).numpy(),
-        probability=fused.probability[0].cpu().numpy().astype(np.float32),
-        consensus=fused.consensus[0].cpu().numpy().astype(bool),
-        uncertainty=unc[0].cpu().numpy().astype(np.float32),
+        samples=samples,
+        probability=probability.numpy().astype(np.float32, copy=False),
+        consensus=consensus.numpy().astype(bool, copy=False),
+        uncertainty=unc.numpy().astype(np.float32, copy=False),
         sensitivity=sens,
         specificity=spec,
         scores={name: float(v[0]) for name, v in scores.items()},
@@ -173,8 +225,10 @@ def segment_image(
             "seed": seed,
             "uncertainty": uncertainty,
             "backend": backend,
+            **({"working_shape": list(work)} if work != full else {}),
         },
         warnings=warnings,
+        working_shape=work if work != full else None,
     )
 
 

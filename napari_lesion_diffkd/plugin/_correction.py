@@ -93,5 +93,10 @@ def start_mask(source: str, shape: tuple[int, ...], consensus: np.ndarray | None
         samples = np.asarray(samples)
         if not 0 <= k < samples.shape[0]:
             raise ValueError(f"sample {k + 1} does not exist (K = {samples.shape[0]})")
-        return (samples[k] > 0).astype(np.uint8)
+        mask = samples[k] > 0
+        if mask.shape != tuple(shape):  # a large image's samples, at the working shape
+            from napari_lesion_diffkd.core.data.preprocess import upsample_masks
+
+            mask = upsample_masks(mask, tuple(shape))
+        return mask.astype(np.uint8)
     raise ValueError(f"unknown start {source!r}; one of {START_SOURCES}")

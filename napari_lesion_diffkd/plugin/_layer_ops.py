@@ -71,7 +71,8 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
         ``{role: layer}`` for ``roles``.
     """
     scale, translate, _ = spatial_transform(image_layer)
-    tuples = result_layer_tuples(result, image_layer.name, scale, translate, model, group)
+    tuples = result_layer_tuples(result, image_layer.name, scale, translate, model, group,
+                                 full_samples=z is not None)
     layers = {}
     for data, kwargs, kind in tuples:
         role = kwargs["metadata"][META_KEY]["role"]

@@ -2,7 +2,9 @@
 
 Result layers of an image layer called ``<image>``:
 
-* ``<image> samples``: labels, (K, Y, X) or (K, Z, Y, X) uint8 {0, 1}, hidden by default;
+* ``<image> samples``: labels, (K, Y, X) or (K, Z, Y, X) uint8 {0, 1}, hidden by default (for
+  a large 2D image, (K, y, x) at the result's working shape, with a layer scale that lays it
+  over the image: the K masks are not upsampled for display);
 * ``<image> uncertainty``: image, (Y, X) or (Z, Y, X) float32 in [0, 1], magma colormap;
 * ``<image> consensus``: labels, (Y, X) or (Z, Y, X) uint8 {0, 1}, editable.
 
@@ -82,6 +84,7 @@ def result_layer_tuples(
     translate: Sequence[float] = (0.0, 0.0),
     model: str | None = None,
     group: str = "segment",
+    full_samples: bool = False,
 ) -> list[tuple[np.ndarray, dict[str, Any], str]]:
     """Layer tuples ``(data, kwargs, kind)`` for a result whose maps are already in the
     image layer's data frame.
@@ -94,12 +97,21 @@ def result_layer_tuples(
             (Y, X) or (Z, Y, X).
         model: model label for per-model names (Compare); None for the Segment widget.
         group: the marker's group (see :func:`model_meta`).
+        full_samples: samples at the image's shape even when the result has a smaller
+            working shape (e.g. to write one slice into a volume layer).
     """
     names = layer_names(image_name, model if group == "compare" else None)
     scale, translate = [float(v) for v in scale], [float(v) for v in translate]
-    samples = np.asarray(result.samples).astype(np.uint8)
+    samples = np.asarray(result.full_samples() if full_samples and hasattr(
+        result, "full_samples") else result.samples).astype(np.uint8)
     uncertainty = np.asarray(result.uncertainty, dtype=np.float32)
     consensus = np.asarray(result.consensus).astype(np.uint8)
+    # Samples at a working shape smaller than the image: scale them over it (pixel centres
+    # as in the bilinear / nearest upsampling of core.data.preprocess).
+    factor = [c / s for c, s in zip(consensus.shape[-2:], samples.shape[-2:])]
+    s_scale = list(scale[:-2]) + [v * f for v, f in zip(scale[-2:], factor)]
+    s_translate = list(translate[:-2]) + [
+        t + v * (f - 1) / 2 for t, v, f in zip(translate[-2:], scale[-2:], factor)]
     label = model or result.settings.get("model")
     extra = {"settings": result.settings, "scores": result.scores,
              "sensitivity": _listed(result.sensitivity),
@@ -110,8 +122,8 @@ def result_layer_tuples(
         return model_meta(role, image_name, group, label, clean, **extra)
 
     return [
-        (samples, {"name": names["samples"], "scale": [1.0, *scale],
-                   "translate": [0.0, *translate], "opacity": 0.5, "visible": False,
+        (samples, {"name": names["samples"], "scale": [1.0, *s_scale],
+                   "translate": [0.0, *s_translate], "opacity": 0.5, "visible": False,
                    "metadata": meta("samples")}, "labels"),
         (uncertainty, {"name": names["uncertainty"], "scale": scale, "translate": translate,
                        "colormap": "magma", "contrast_limits": (0.0, 1.0),

@@ -161,7 +161,8 @@ def stack_results(results: list[Any], seconds: float) -> VolumeResult:
     spec = None if first.specificity is None else np.stack([r.specificity for r in results])
     keys = set.intersection(*(set(r.scores) for r in results)) if results else set()
     return VolumeResult(
-        samples=np.stack([r.samples for r in results], axis=1),
+        samples=np.stack([r.full_samples() if hasattr(r, "full_samples") else r.samples
+                          for r in results], axis=1),
         probability=np.stack([r.probability for r in results]),
         consensus=np.stack([r.consensus for r in results]),
         uncertainty=np.stack([r.uncertainty for r in results]),

@@ -171,6 +171,9 @@ class SegmentWidget(QWidget):
             text += " (STAPLE sensitivity / specificity per sample below)"
         elif result.samples.shape[0] == 1:
             text += " (one mask: no STAPLE)"
+        note = getattr(result, "working_note", "")
+        if note:  # a large image: say that the maps were computed smaller and upsampled
+            text += f". Note: {note}"
         self.status.setText(text)
 
     def _on_error(self, exc: BaseException) -> None:

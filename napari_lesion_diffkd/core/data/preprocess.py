@@ -4,6 +4,14 @@ Frames: images are (Y, X) gray or (Y, X, 3) RGB as read from disk. A model sees
 (C, S, S) float32 tensors: the image resized (bilinear, aspect ratio not kept) to its square
 input size S, scaled to [0, 1], then mapped to [-1, 1]. Model outputs at S x S are resized back
 to the original (Y, X) before thresholding, so masks always match the input's shape.
+
+Large images: the model sees S x S whatever the input's size, so a 4000 x 3000 photo carries
+no more information for it than a 512 x 384 one (S = 128). Samples, fusion (STAPLE) and uncertainty
+are computed at a *working shape* (:func:`working_shape`: the input's shape scaled down so
+an image longer than ``max(1024, 4 S)`` gets a longer side of ``4 S``, 512 px for a 128 px
+student; smaller images, e.g. every dataset image, keep their size), then the maps are upsampled back to the
+input's shape (:func:`resize_maps`; the K sample masks with :func:`upsample_masks`, on
+demand).
 """
 
 from __future__ import annotations
@@ -70,12 +78,32 @@ def prepare_image(image: np.ndarray, size: int | tuple[int, int], channels: int)
         (channels, S_y, S_x) float32 tensor in [-1, 1].
     """
     out_size = (size, size) if isinstance(size, int) else tuple(size)
-    arr = match_channels(to_unit_range(np.asarray(image)), channels)
+    image = _shrink_large_uint8(np.asarray(image), out_size)
+    arr = match_channels(to_unit_range(image), channels)
     tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
     if tuple(tensor.shape[-2:]) != out_size:
         tensor = F.interpolate(tensor, size=out_size, mode="bilinear", align_corners=False,
                                antialias=True)
     return (tensor[0] * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+
+#: A uint8 image with a longer side above this is resized to the model's input in uint8
+#: (torch's antialiased bilinear, channels-last) before it is scaled to float: the float copy
+#: of a 4000 x 3000 RGB photo alone took longer than the model (0.37 s vs 0.01 s here). The
+#: result differs from the float path by under one grey level; smaller images keep that path.
+LARGE_UINT8_SIDE = 2048
+
+
+def _shrink_large_uint8(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    if image.dtype != np.uint8 or max(image.shape[:2]) <= LARGE_UINT8_SIDE:
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    t = torch.from_numpy(np.ascontiguousarray(image))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    out = F.interpolate(t, size=out_size, mode="bilinear", align_corners=False, antialias=True)
+    out = out[0, 0] if image.ndim == 2 else out[0].permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
 
 
 def prepare_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
@@ -99,3 +127,56 @@ def resize_maps(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
     out = F.interpolate(flat, size=tuple(shape), mode="bilinear", align_corners=False)
     return out.reshape(*lead, *shape)
+
+
+#: The longest side the samples, STAPLE and uncertainty are computed at, as a multiple of
+#: the model's input size S: the model resolves at most S pixels across the image, and its
+#: output upsampled bilinearly to 4 S already has boundaries smooth to a quarter of a model
+#: pixel; going finer adds cost (STAPLE, entropy, scores grow with the pixel count), not
+#: detail (docs/benchmarks.md, "Large images", measures the difference on PH2).
+WORKING_SIDE_PER_INPUT = 4
+#: Images up to this longer side (every image of the four datasets) keep the former path,
+#: every map at their own size, so results and benchmarks on them are unchanged.
+LARGE_IMAGE_SIDE = 1024
+
+
+def working_shape(shape: tuple[int, int], input_size: int | tuple[int, int],
+                  max_side: int | None = None) -> tuple[int, int]:
+    """The (Y, X) shape samples and maps are computed at for an image of ``shape``.
+
+    Args:
+        shape: the image's (Y, X).
+        input_size: the model's input size S (or (S_y, S_x)).
+        max_side: the longest side allowed (None: images up to ``max(1024, 4 S)`` keep their
+            shape, larger ones get ``4 S``; 0: no cap).
+
+    Returns:
+        ``shape`` itself when it fits, else ``shape`` scaled (aspect ratio kept) so its
+        longer side is ``max_side``.
+    """
+    y, x = int(shape[0]), int(shape[1])
+    if max_side is None:
+        s = max(input_size) if isinstance(input_size, (tuple, list)) else int(input_size)
+        if max(y, x) <= max(LARGE_IMAGE_SIDE, WORKING_SIDE_PER_INPUT * s):
+            return y, x
+        max_side = WORKING_SIDE_PER_INPUT * s
+    if not max_side or max(y, x) <= max_side:
+        return y, x
+    factor = max_side / max(y, x)
+    return max(1, round(y * factor)), max(1, round(x * factor))
+
+
+def upsample_masks(masks: torch.Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of (..., y, x) bool masks to (..., Y, X) (numpy bool).
+
+    Pixel centres map as in ``F.interpolate(mode="nearest-exact")`` (half-pixel centres),
+    so a mask upsampled this way lines up with bilinearly upsampled maps.
+    """
+    arr = masks.numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    arr = arr.astype(bool, copy=False)
+    h, w = arr.shape[-2:]
+    if (h, w) == tuple(shape):
+        return arr
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.intp), w - 1)
+    return arr[..., rows, :][..., cols]

@@ -86,7 +86,9 @@ class ResultsMixin:
         names = {"samples": "samples.npy", "probability": "probability.npy",
                  "uncertainty": "uncertainty.npy", "consensus": "consensus.png"}
         try:
-            files.write_array(folder / names["samples"], np.asarray(result.samples, np.uint8))
+            samples = result.full_samples() if hasattr(result, "full_samples") \
+                else result.samples  # at the image's shape, also for a large image
+            files.write_array(folder / names["samples"], np.asarray(samples, np.uint8))
             files.write_array(folder / names["probability"],
                               np.asarray(result.probability, np.float32))
             files.write_array(folder / names["uncertainty"],
