@@ -50,6 +50,7 @@ class ModelPicker(QWidget):
         self.modality: str | None = None
         self.entries: list[ModelEntry] = []
         self.is_ready = False
+        self.error = ""  # a warm-up or listing failure, shown once in the info line
         self._shown: list[ModelEntry] = []
 
         self.combo = QComboBox()
@@ -79,13 +80,21 @@ class ModelPicker(QWidget):
 
             # torch's first import takes seconds: do it off the GUI thread, then list.
             self._warmup = start_function_worker(_import_registry,
+                                                 on_error=self._on_warmup_error,
                                                  on_finished=self.refresh)
 
     # -- public ------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-read the catalogue (registry, user folders, project) and refill the combo."""
-        self.entries = self.context.catalog()
+        try:
+            self.entries = self.context.catalog()
+        except Exception as exc:  # a broken registry or cache must not freeze the picker
+            self.entries, self.error = [], f"cannot list models: {exc}"
         self._fill()
+        if self.error:  # shown until the picker is used (the next choice replaces it)
+            self.info.setText(self.error)
+            self.info.setToolTip(self.error)
+            self.error = ""
         if not self.is_ready:
             self.is_ready = True
             self.ready.emit()
@@ -127,6 +136,9 @@ class ModelPicker(QWidget):
         return entry
 
     # -- internals -----------------------------------------------------------------------
+    def _on_warmup_error(self, exc: BaseException) -> None:
+        self.error = f"loading the model code failed: {exc}"
+
     def _fill(self) -> None:
         from napari_lesion_diffkd.plugin._catalog import for_modality
 

@@ -59,7 +59,8 @@ class SamPicker(SamComboRow):
         from napari_lesion_diffkd.plugin._workers import start_function_worker
 
         self.info.setText("reading SAM models...")
-        self.worker = start_function_worker(_import_sam_listing, on_finished=self._imported)
+        self.worker = start_function_worker(_import_sam_listing, on_error=self._import_failed,
+                                            on_finished=self._imported)
 
     def refresh(self) -> None:
         """Re-read the list (GUI thread: a few small JSON reads once torch is imported)."""
@@ -140,9 +141,16 @@ class SamPicker(SamComboRow):
         self.info.setText(f"{row[1]} (starts from {source})")
         self.changed.emit(row[0], row[2])
 
+    def _import_failed(self, exc: BaseException) -> None:
+        self._error = f"loading the SAM code failed: {exc}"
+
     def _imported(self) -> None:
         self.worker = None
         self.refresh()
+        error, self._error = getattr(self, "_error", ""), ""
+        if error:  # listed what could be listed; say what went wrong
+            self.info.setText(error)
+            self.info.setToolTip(error)
 
 
 def list_training_sams(project_models: Any,
