@@ -163,6 +163,8 @@ def list_training_sams(project_models: Any,
 
     rows = [(Path(p).name, str(p), BUNDLE) for p in user_bundles if is_sam_bundle(p)]
     for label, target in sam_choices(project_models):
+        if target == "medsam-lite":  # fine-tuning LiteMedSAM is not supported yet
+            continue
         info = OFFICIAL_CHECKPOINTS.get(target)
         if info is None:
             rows.append((label, target, BUNDLE))
