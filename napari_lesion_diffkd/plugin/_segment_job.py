@@ -100,6 +100,10 @@ class BundleCache:
             self._bundles[key] = load_model(target, device=device)
         return self._bundles[key]
 
+    def has(self, target: str, device: str) -> bool:
+        """Whether ``target`` is loaded on ``device`` already."""
+        return (target, device) in self._bundles
+
     def forget(self, target: str) -> None:
         """Drop every loaded copy of ``target`` (e.g. its folder was re-trained)."""
         for key in [k for k in self._bundles if k[0] == target]:

@@ -3,9 +3,12 @@
 Each model's consensus and uncertainty become their own layers (``<image> [<model>]
 consensus`` / ``uncertainty``, found again by their marker on a re-run). "Side by side" turns
 on napari's grid mode with three layers per cell (a view of the image, the uncertainty, the
-consensus) and hides every other layer until it is turned off again. The table gives each
-model's parameter count and latency (sampling + fusion, model loading shown apart); the
-line below it the Dice between the two consensus masks.
+consensus, and a caption naming the model: "teacher: <label>" / "student: <label>") and
+hides every other layer until it is turned off again; the camera is reset so each cell shows
+the whole image. Turned off, the image and the user's layers come back with the *student's*
+overlays only (the teacher's are hidden, not stacked on top). The table gives each model's
+parameter count and latency (sampling + fusion, measured after a warm-up run; loading and
+warm-up shown apart); the line below it the Dice between the two consensus masks.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from napari_lesion_diffkd.plugin._model_picker import ModelPicker
 if TYPE_CHECKING:
     import napari
 
-CELL = ("view", "uncertainty", "consensus")  # bottom to top within one grid cell
+CELL = ("view", "uncertainty", "consensus", "caption")  # bottom to top within one grid cell
+ROLES = ("teacher", "student")  # the compared models, in order
 
 
 class CompareWidget(QWidget):
@@ -78,7 +82,9 @@ class CompareWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.table = QTableWidget(0, 3)  # one row per model, its label as the row header
-        self.table.setHorizontalHeaderLabels(["params", "latency", "load"])
+        self.table.setHorizontalHeaderLabels(["params", "latency", "load + warm-up"])
+        self.table.horizontalHeaderItem(2).setToolTip(
+            "loading and one warm-up run, made once per model; the latency is measured after")
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setMaximumHeight(90)
@@ -178,13 +184,20 @@ class CompareWidget(QWidget):
         layers = self._cell_layers()
         grid = viewer_grid(self.viewer)
         if not on or not layers:
+            was_on = grid.enabled
             for layer in self._hidden:
                 if layer in self.viewer.layers:
                     layer.visible = True
             self._hidden = []
-            for layer in layers[::3]:  # the image views duplicate the image outside a grid
-                layer.visible = False
+            n = len(CELL)
+            last = len(layers) - n
+            for i, layer in enumerate(layers):
+                # Views and captions are for the grid; of the overlays only the last
+                # model's (the student's) stay, so two models never stack on the image.
+                layer.visible = i >= last and CELL[i % n] in ("uncertainty", "consensus")
             grid.enabled = False
+            if was_on:
+                self.viewer.reset_view()
             return
         ours = {id(layer) for layer in layers}
         for layer in self.viewer.layers:
@@ -197,6 +210,7 @@ class CompareWidget(QWidget):
         grid.stride = len(CELL)
         grid.shape = (1, len(layers) // len(CELL))
         grid.enabled = True
+        self.viewer.reset_view()  # each cell shows the whole image, not a zoomed crop
 
     # -- callbacks -----------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -219,11 +233,14 @@ class CompareWidget(QWidget):
             apply_result(self.viewer, run.result, image, z=self._target["z"], model=run.label,
                          group="compare", roles=("uncertainty", "consensus"))
             self._image_view(image, run.label)
+        for role, run in zip(ROLES, result.runs):
+            self._caption(image, run.label, f"{role}: {run.label}  ({run.seconds:.2f} s)")
         self.table.setRowCount(len(result.runs))
         self.table.setVerticalHeaderLabels([run.label for run in result.runs])
         for row, run in enumerate(result.runs):
             values = (f"{run.params / 1e6:.2f} M", f"{run.seconds:.2f} s",
-                      f"{run.load_seconds:.2f} s")
+                      f"{run.load_seconds + run.warmup_seconds:.2f} s"
+                      if run.load_seconds or run.warmup_seconds else "cached")
             for col, text in enumerate(values):
                 self.table.setItem(row, col, QTableWidgetItem(text))
         self.dice_label.setText(f"Dice between the consensus masks: {result.dice:.3f}")
@@ -245,8 +262,29 @@ class CompareWidget(QWidget):
             kwargs.update(colormap=image.colormap.name, contrast_limits=image.contrast_limits)
         self.viewer.add_image(image.data, **kwargs)  # shares the data: no copy
 
+    def _caption(self, image: Any, model: str, text: str) -> None:
+        """A text label at the image's top-left corner, the caption of this model's cell."""
+        from napari_lesion_diffkd.plugin._layer_ops import find_managed
+        from napari_lesion_diffkd.plugin._layers import model_meta
+
+        layer = find_managed(self.viewer, image.name, "caption", "compare", model)
+        text_style = {"string": [text], "anchor": "upper_left", "color": "white",
+                      "size": 11, "translation": [4.0, 4.0]}
+        if layer is not None:
+            layer.text = text_style
+            return
+        corner = np.zeros((1, image.ndim))  # pixel (0, 0[, 0]) in the image's frame
+        if image.ndim == 3:  # a volume: on the compared slice
+            corner[0, 0] = self._target.get("z") or 0
+        scale, translate = list(image.scale), list(image.translate)
+        self.viewer.add_points(
+            corner, name=f"{image.name} [{model}] caption", scale=scale, translate=translate,
+            size=1, face_color="transparent", border_width=0, text=text_style,
+            metadata=model_meta("caption", image.name, "compare", model))
+
     def _cell_layers(self) -> list[Any]:
-        """[view, uncertainty, consensus] per compared model, in the order compared."""
+        """[view, uncertainty, consensus, caption] per compared model, in the order
+        compared."""
         from napari_lesion_diffkd.plugin._layer_ops import find_managed
 
         if self.last_result is None or self._target.get("name") not in self.viewer.layers:

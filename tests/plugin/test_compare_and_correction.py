@@ -30,21 +30,41 @@ def test_compare_side_by_side_dice_latency_params(viewer, ph2_image, qtbot) -> N
     assert w.table.item(0, 0).text() == "3.06 M" and w.table.item(1, 0).text() == "0.28 M"
     assert all(r.seconds > 0 for r in result.runs)
     assert all(w.table.item(i, 1).text().endswith(" s") for i in range(2))
+    # Each model was warmed up once after loading: its latency is the steady-state one.
+    assert all(r.warmup_seconds > 0 and r.load_seconds > 0 for r in result.runs)
     for model in (TEACHER, STUDENT):
-        for role in ("view", "uncertainty", "consensus"):
+        for role in ("view", "uncertainty", "consensus", "caption"):
             assert f"lesion [{model}] {role}" in viewer.layers
-    # Grid: one cell per model (view, uncertainty, consensus), everything else hidden.
+    # Captions name each cell's role and model.
+    for role, model in (("teacher", TEACHER), ("student", STUDENT)):
+        caption = viewer.layers[f"lesion [{model}] caption"]
+        assert caption.text.values[0].startswith(f"{role}: {model}")
+    # Grid: one cell per model (view, uncertainty, consensus, caption), all else hidden.
     grid = viewer_grid(viewer)
-    assert grid.enabled and grid.stride == 3 and grid.actual_shape(viewer.layers) == (1, 2)
+    assert grid.enabled and grid.stride == 4 and grid.actual_shape(viewer.layers) == (1, 2)
     assert not mine.visible and not viewer.layers["lesion"].visible
     assert grid.position(viewer.layers.index(f"lesion [{STUDENT}] consensus"),
                          viewer.layers) == (0, 1)
-    n_layers = len(viewer.layers)
+    # The camera shows the whole image in each cell (reset, not the earlier zoomed crop).
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    zoom_fit = camera.zoom
+    camera.zoom = zoom_fit * 8
     w.run()  # a re-run reuses its layers
+    wait_idle(qtbot, w)
+    n_layers = len(viewer.layers)
+    assert np.isclose(camera.zoom, zoom_fit, rtol=0.05)
+    assert all(r.warmup_seconds == 0 and r.load_seconds == 0 for r in w.last_result.runs)
+    assert w.table.item(0, 2).text() == "cached"
+    w.run()
     wait_idle(qtbot, w)
     assert len(viewer.layers) == n_layers
     w.grid_check.setChecked(False)
     assert not grid.enabled and mine.visible and viewer.layers["lesion"].visible
+    # Grid off: only the student's overlays stay on the image; no views, no captions.
+    for role in ("view", "uncertainty", "consensus", "caption"):
+        assert not viewer.layers[f"lesion [{TEACHER}] {role}"].visible
+        assert viewer.layers[f"lesion [{STUDENT}] {role}"].visible == (
+            role in ("uncertainty", "consensus"))
 
 
 class Dilate:
