@@ -52,6 +52,9 @@ from napari_lesion_diffkd.core.store.schema import DB_NAME
 PROCESS_LOG = "process.log"
 _LOGGED_KINDS = ("log", "metric", "checkpoint")
 
+#: At most one ``[progress]`` log line per this many seconds (plus the last step).
+PROGRESS_LOG_S = 5.0
+
 
 def job_dir(project: str | os.PathLike, job_id: int) -> Path:
     """``<project>/jobs/<id>``: the job's own folder (run outputs, exported data, logs)."""
@@ -68,13 +71,18 @@ class ProgressReporter:
     second, whatever the event rate), and by :meth:`flush`. ``log`` / ``metric`` /
     ``checkpoint`` events become log lines; ``checkpoint`` events (message = the file) are
     recorded in the row's ``checkpoints`` list, one entry per file with its latest step.
+    ``progress`` events become a ``[progress] step 12/40 (30%), loss 0.1234, 1.9 s/step``
+    line at most every ``progress_log_s`` seconds, and for the last step.
     """
 
     def __init__(self, queue: JobQueue, job: JobRecord, min_interval: float = 0.5,
                  echo: Callable[[str], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 progress_log_s: float = PROGRESS_LOG_S):
         self.queue, self.job_id, self.min_interval = queue, job.id, min_interval
         self.echo, self.clock = echo, clock
+        self.progress_log_s = progress_log_s
+        self._last_progress: tuple[float, int] | None = None  # (clock, step) of the last line
         self.step, self.total, self.message = job.step, job.total, job.message
         self.checkpoints = list(job.checkpoints)
         self.pending: list[str] = []
@@ -86,15 +94,40 @@ class ProgressReporter:
         self.step, self.total = event.step or self.step, event.total or self.total
         self.message = event.message or self.message
         if event.kind in _LOGGED_KINDS:
-            line = f"{time.strftime('%H:%M:%S')} [{event.kind}] {event.message}"
-            self.pending.append(line)
-            if self.echo is not None:
-                self.echo(line)
+            self._log(f"[{event.kind}] {event.message}")
+        elif event.kind == "progress" and event.step:
+            self._progress_line(event)
         if event.kind == "checkpoint":
             entries = [c for c in self.checkpoints if c.get("path") != event.message]
             self.checkpoints = entries + [{"step": event.step, "path": event.message}]
         if self.clock() - self.last_write >= self.min_interval:
             self.flush()
+
+    def _log(self, text: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {text}"
+        self.pending.append(line)
+        if self.echo is not None:
+            self.echo(line)
+
+    def _progress_line(self, event: JobEvent) -> None:
+        now_s, last = self.clock(), self._last_progress
+        final = bool(event.total) and event.step >= event.total
+        if last is None:  # the first step only starts the clock (set-up time is not a rate)
+            self._last_progress = (now_s, event.step)
+            if not final:
+                return
+        elif not final and now_s - last[0] < self.progress_log_s:
+            return
+        text = f"[progress] step {event.step}"
+        if event.total:
+            text += f"/{event.total} ({100 * event.step / event.total:.0f}%)"
+        for key, value in (event.values or {}).items():
+            if isinstance(value, (int, float)):
+                text += f", {key} {value:.4g}"
+        if last is not None and event.step > last[1]:
+            text += f", {(now_s - last[0]) / (event.step - last[1]):.2g} s/step"
+        self._last_progress = (now_s, event.step)
+        self._log(text)
 
     def flush(self) -> None:
         """Write the current state and pending log lines now."""
@@ -155,6 +188,25 @@ def run_job(project: str | os.PathLike, job_id: int, *, wait: bool = True,
             if job.status in ("failed", "cancelled"):
                 return job
         return _run_claimed(store, job_id, stop, wait, poll_s, report_interval, echo)
+
+
+def resume_plan(job: JobRecord, project: str | os.PathLike | None = None) -> str:
+    """What running a failed / cancelled job again will do, in words: ``from checkpoint at
+    step N``, ``skipping finished images`` (per-image jobs) or ``from the start`` (no
+    checkpoint was saved: a training job restarts at step 0)."""
+    from napari_lesion_diffkd.core.store.queue import PER_IMAGE_TYPES
+
+    if job.type in PER_IMAGE_TYPES:
+        return "continuing: finished images are skipped"
+    saved = [c for c in job.checkpoints
+             if isinstance(c, dict) and c.get("path") and Path(str(c["path"])).is_file()]
+    if saved:
+        return f"from checkpoint at step {max(int(c.get('step') or 0) for c in saved)}"
+    folder = job_dir(project, job.id) if project is not None else None
+    if folder is not None and any(p.is_file() for p in (
+            folder / "run" / "checkpoint.pt", *folder.glob("*/run/checkpoint.pt"))):
+        return "from its last checkpoint"
+    return "from the start (no checkpoint was saved)"
 
 
 def job_types() -> dict[str, Callable[[Any], Any]]:

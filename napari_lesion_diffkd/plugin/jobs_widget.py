@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QTableWidget,
@@ -112,6 +113,13 @@ class JobsWidget(QWidget):
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.context.project_changed.connect(self._on_project)
         self._on_project(self.context.project_path)
+        self._programmatic_close = self._close_answered = False
+        self._close_watch = _CloseWatcher(self)
+        window = getattr(napari_viewer, "window", None)
+        for name in ("_qt_window", "_qt_viewer"):  # napari's main window and its canvas
+            target = getattr(window, name, None)
+            if target is not None:
+                target.installEventFilter(self._close_watch)
 
     # -- public API ----------------------------------------------------------------------
     def launch(self) -> Any:
@@ -201,20 +209,64 @@ class JobsWidget(QWidget):
 
     def resume(self, job_id: int | None = None) -> Any:
         """Run a failed or cancelled job again in a new process (default: the selected one):
-        training continues from its checkpoint, per-image jobs skip finished images."""
-        from napari_lesion_diffkd.core.job_runner import start_job_process
+        training continues from its checkpoint (or starts again when none was saved, and
+        says so), per-image jobs skip finished images."""
+        from napari_lesion_diffkd.core.job_runner import resume_plan, start_job_process
 
         job_id = self.selected_id if job_id is None else job_id
         job = self.jobs.get(job_id) if job_id is not None else None
         if job is None or job.status not in ("failed", "cancelled"):
             return None
+        plan = resume_plan(job, self.context.project_path)
         threads = job.config.get("threads")
         env = {"OMP_NUM_THREADS": str(threads)} if threads else None
         # Queued now (the process re-queues too), so the table and a Cancel see it at once.
         self.context.store.jobs.requeue(job_id)
         self.processes[job_id] = start_job_process(self.context.project_path, job_id, env=env)
-        self.status.setText(f"job {job_id} resumed")
+        verb = "restarted" if plan.startswith("from the start") else "resumed"
+        self.status.setText(f"job {job_id} {verb} {plan}")
         return self.processes[job_id]
+
+    def running_jobs(self) -> list[int]:
+        """Jobs started from this panel whose process still runs."""
+        return [jid for jid, proc in self.processes.items() if proc.poll() is None]
+
+    def on_window_close(self, event: Any = None) -> bool:
+        """napari's window is closing: ask whether to keep this panel's running jobs
+        (:func:`ask_keep_jobs`). "Keep" (the default) leaves them running in their own
+        processes; "Stop" cancels them (checkpoints are kept); "Cancel" keeps napari open.
+        A close from code (``viewer.close()``) asks nothing and keeps the jobs, with a
+        notice. Returns True when the close is refused."""
+        running = self.running_jobs()
+        if not running or self._close_answered:
+            return False
+        names = [f"{jid} ({self.jobs[jid].type})" if jid in self.jobs else str(jid)
+                 for jid in running]
+        if self._programmatic_close:
+            answer = "keep"
+        else:
+            answer = ask_keep_jobs(self, names)
+        if answer == "cancel":
+            if event is not None:
+                event.ignore()
+            return True
+        self._close_answered = True
+        if answer == "stop":
+            from napari_lesion_diffkd.core.job_runner import cancel_job
+
+            for jid in running:
+                try:
+                    cancel_job(self.context.project_path, jid, grace_s=5.0,
+                               process=self.processes.get(jid))
+                except Exception as exc:  # noqa: BLE001 - a store error must not block closing
+                    print(f"lesion-diffkd: could not cancel job {jid}: {exc}")
+            self.status.setText(f"stopped job(s) {', '.join(map(str, running))}")
+            return False
+        note = (f"lesion-diffkd: job(s) {', '.join(names)} keep running after napari "
+                f"closed; reopen the project {self.context.project_path} to see them")
+        self.status.setText(note)
+        _notify(note)
+        return False
 
     # -- internals -----------------------------------------------------------------------
     def _on_project(self, path: Any) -> None:
@@ -294,7 +346,18 @@ class JobsWidget(QWidget):
                 self.plot.set_series(f"{prefix}loss", tail.loss)
                 self.plot.set_series(f"{prefix}{self._val_label}", tail.val_dice)
         self.cancel_button.setEnabled(job.status in ("queued", "running"))
-        self.resume_button.setEnabled(job.status in ("failed", "cancelled"))
+        ended = job.status in ("failed", "cancelled")
+        self.resume_button.setEnabled(ended)
+        if ended:
+            from napari_lesion_diffkd.core.job_runner import resume_plan
+
+            plan = resume_plan(job, self.context.project_path)
+            start = plan.startswith("from the start")
+            self.resume_button.setText("Restart job" if start else "Resume job")
+            self.resume_button.setToolTip(f"run job {job.id} again {plan}")
+        else:
+            self.resume_button.setText("Resume job")
+            self.resume_button.setToolTip("")
 
     def _on_ended(self, job: Any) -> None:
         result = (job.result or {}) if job.status == "done" else {}
@@ -310,6 +373,60 @@ class JobsWidget(QWidget):
             note += f"; annotation queue re-ranked ({result['queue']} images)"
         self.status.setText(f"job {job.id} ({job.type}) {job.status}{note}")
         self.context.job_finished.emit(job)
+
+
+class _CloseWatcher(QObject):
+    """Sees napari's main window close (and its canvas close first, which only a close from
+    code does: ``Window.close()`` closes the canvas before the main window)."""
+
+    def __init__(self, widget: JobsWidget) -> None:
+        super().__init__(widget)
+        self.widget = widget
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() != QEvent.Close:
+            return False
+        if obj is getattr(getattr(self.widget.viewer, "window", None), "_qt_viewer", None):
+            self.widget._programmatic_close = True
+            return False
+        try:
+            return self.widget.on_window_close(event)
+        except RuntimeError:  # the panel's C++ object is gone already
+            return False
+
+
+def ask_keep_jobs(parent: Any, jobs: list[str]) -> str:
+    """Ask whether jobs keep running after napari closes: ``"keep"`` (default button),
+    ``"stop"`` or ``"cancel"`` (napari stays open). Tests replace this function."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Question)
+    box.setWindowTitle("Jobs are running")
+    box.setText(f"{len(jobs)} job(s) still running: {', '.join(jobs)}.\n"
+                "Keep them running after napari closes?")
+    box.setInformativeText("They run in their own processes and finish on their own; "
+                           "reopen the project to see them. Stop cancels them (their "
+                           "checkpoints are kept, Resume continues later).")
+    keep = box.addButton("Keep running", QMessageBox.AcceptRole)
+    stop = box.addButton("Stop jobs", QMessageBox.DestructiveRole)
+    cancel = box.addButton(QMessageBox.Cancel)
+    box.setDefaultButton(keep)
+    box.setEscapeButton(cancel)
+    box.exec_()
+    clicked = box.clickedButton()
+    return "stop" if clicked is stop else "cancel" if clicked is cancel else "keep"
+
+
+def _notify(text: str) -> None:
+    """A napari notification (and stderr) that survives the window closing."""
+    import sys
+
+    print(text, file=sys.stderr)
+    try:
+        from napari.utils.notifications import show_info
+
+        show_info(text)
+    except Exception:  # noqa: BLE001 - no notification manager while napari shuts down
+        pass
 
 
 def _has_human_labels(store: Any) -> bool:

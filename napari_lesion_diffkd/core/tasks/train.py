@@ -111,6 +111,9 @@ def prepare_run(ctx: TaskContext, checkpoint_name: str):
     resume = (run_dir / checkpoint_name).is_file()
     if resume:
         yield JobEvent("log", message=f"resuming from {run_dir / checkpoint_name}")
+    elif ctx.job.attempts > 1:
+        yield JobEvent("log", message="no checkpoint was saved: training starts again "
+                       "from step 0")
     provenance = {"project": str(ctx.store.root), "job_id": ctx.job.id,
                   "job_type": ctx.job.type, "data": [str(f) for f in folders]}
     return records, run_dir, resume, provenance

@@ -31,6 +31,9 @@ class TrainConfig:
         val_every: validate (and maybe keep best EMA weights) every N steps;
         val_samples / val_steps: K and DDIM steps used for validation Dice.
         checkpoint_every: write ``checkpoint.pt`` for ``--resume`` every N steps.
+        checkpoint_seconds: also write it when this many seconds passed since the last one
+            (None: steps only), so that a short or slow job can be resumed after a cancel
+            or a kill; the end of training always writes one.
         amp_bf16: bf16 autocast (CPU and GPU); channels_last memory format.
         augment: use ``augment_batch``; ``dropout_holes`` rectangles of coarse dropout at most
             (0 for small lesions, which a hole can erase while the label keeps them).
@@ -106,6 +109,7 @@ class TrainConfig:
     val_samples: int = 4
     val_steps: int = 4
     checkpoint_every: int = 250
+    checkpoint_seconds: float | None = 120.0
     amp_bf16: bool = False
     channels_last: bool = False
     augment: bool = True

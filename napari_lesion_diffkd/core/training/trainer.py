@@ -437,6 +437,7 @@ def train(
         yield JobEvent("log", step=step, total=config.max_steps, message=f"resumed at step {step}")
 
     start = time.monotonic()
+    last_checkpoint = start  # short jobs checkpoint by time too (config.checkpoint_seconds)
     n = len(train_x)
     running = 0.0
     global_batch = config.batch_size * info.world_size
@@ -524,8 +525,11 @@ def train(
             event = validate()
             if event is not None:
                 yield event
-        if step % config.checkpoint_every == 0:
+        due = bool(config.checkpoint_seconds is not None and step < config.max_steps
+                   and time.monotonic() - last_checkpoint >= config.checkpoint_seconds)
+        if step % config.checkpoint_every == 0 or ddp.broadcast_flag(due, info):
             save_checkpoint()
+            last_checkpoint = time.monotonic()
             ddp.barrier(info)
             yield JobEvent("checkpoint", step=step, total=config.max_steps,
                            message=str(ckpt_path))
@@ -533,6 +537,8 @@ def train(
     if step % config.val_every and step != config.max_steps:
         validate()  # stopped by the time budget between two validations
     save_checkpoint()
+    if info.is_main:  # recorded by the job runner: a re-run after this point continues
+        yield JobEvent("checkpoint", step=step, total=config.max_steps, message=str(ckpt_path))
     agree = ddp.parameters_agree(network, info)
     ddp.barrier(info)
     seconds = elapsed_before + time.monotonic() - start
