@@ -59,8 +59,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--uncertainty-threshold", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="/tmp/bench_annotation.json")
-    p.add_argument("--from-json", default=None)
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="saved run(s) to report (several: their SAM runs side by side)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--triage-only", action="store_true",
+                   help="only the triage pass (whole validation splits) into --json")
+    p.add_argument("--triage-json", default=None,
+                   help="a --triage-only result to report instead of the NoC subset's")
     return p.parse_args(argv)
 
 
@@ -109,6 +114,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             runs[sam_name][name] = {"summary": result.summary, "triage": result.triage[name],
                                     "rows": result.rows, "settings": result.settings,
                                     "wall_s": time.perf_counter() - start}
+            Path(args.json).with_suffix(".partial.json").write_text(json.dumps(
+                {"summary": {"runs": runs, "notes": notes, "images": args.images,
+                             "threads": args.threads, "policy": {
+                                 "restart_below": policy.restart_below,
+                                 "uncertainty_threshold": policy.uncertainty_threshold,
+                                 "max_prompts": policy.max_prompts}},
+                 "command": "(partial)"}, default=float))
             s = result.summary
             print(f"{sam_name} {name}: " + ", ".join(
                 f"{w} NoC@90 {s[w]['noc@90']:.2f} fail {s[w]['failed@90']:.2f}"
@@ -120,11 +132,49 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                        "max_prompts": policy.max_prompts}}
 
 
+def measure_triage(args: argparse.Namespace) -> dict[str, Any]:
+    """Triage on the *whole* validation split of each dataset (the student alone is cheap;
+    the NoC subset is too small to hold enough bad masks)."""
+    from napari_lesion_diffkd.core.annotation_sim.inputs import collect_records
+    from napari_lesion_diffkd.core.annotation_sim.model_setup import build_models
+    from napari_lesion_diffkd.core.annotation_sim.simulate import TRIAGE_BELOW
+    from napari_lesion_diffkd.core.annotation_sim.triage import triage_shares
+    from napari_lesion_diffkd.core.data.datasets import read_pair
+    from napari_lesion_diffkd.core.jobs import run_to_completion
+    from napari_lesion_diffkd.core.metrics import dice
+
+    torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {}
+    for name in args.datasets:
+        records = collect_records([Path(args.data_root) / name], "validation")
+        models = build_models(records, None, "none")
+        propose = models.students[name]
+        scores, dices = [], []
+        for rec in records:
+            image, gt = read_pair(rec)
+            result = run_to_completion(propose(image, (name, rec.id)))
+            scores.append(result.scores["sample_disagreement"])
+            dices.append(dice(result.mask, gt))
+        out[name] = {"score": "sample_disagreement", "below": TRIAGE_BELOW,
+                     "model": models.names[f"student:{name}"],
+                     **triage_shares(scores, dices, TRIAGE_BELOW)}
+        print(name, out[name], flush=True)
+    return out
+
+
 def _f(v: Any, spec: str = ".2f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
-def verdicts(runs: dict[str, Any]) -> list[str]:
+def triage_table(summary: dict[str, Any]) -> dict[str, Any]:
+    """``{dataset: triage}``: the whole-split pass when given, else the NoC subset's."""
+    if "triage_full" in summary:
+        return summary["triage_full"]
+    first = next(iter(summary["runs"].values()), {})
+    return {name: run["triage"] for name, run in first.items()}
+
+
+def verdicts(runs: dict[str, Any], triage: dict[str, Any]) -> list[str]:
     """The done-when checks, one line each."""
     lines = []
     for sam_name, per in runs.items():
@@ -141,10 +191,13 @@ def verdicts(runs: dict[str, Any]) -> list[str]:
                 f"sam-first {s['sam-first']['noc@90']:.2f} = **{ratio:.0%}** of the prompts "
                 f"(target <= {RATIO_TARGET:.0%}); failures {s[best]['failed@90']:.0%} vs "
                 f"{s['sam-first']['failed@90']:.0%} -> **{'met' if met else 'not met'}**")
-    first = next(iter(runs.values()), {})
     for name in TARGET_DATASETS:
-        if name in first:
-            t = first[name]["triage"]
+        if name in triage:
+            t = triage[name]
+            if not t["bad"]:
+                lines.append(f"- triage, {name}: no consensus mask below 0.85 among "
+                             f"{t['images']} images -> **cannot be measured**")
+                continue
             ok = t["top30"] is not None and t["top30"] >= TRIAGE_TARGET
             lines.append(f"- triage, {name}: the 30% most uncertain images hold "
                          f"{_f(t['top30'], '.0%')} of the {t['bad']} consensus masks below 0.85 "
@@ -152,17 +205,24 @@ def verdicts(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _images(images: Any) -> str:
+    if isinstance(images, dict):
+        return ", ".join(f"{n} with `{sam}`" for sam, n in images.items())
+    return str(images)
+
+
 def render(summary: dict[str, Any], command: str) -> str:
     pol = summary["policy"]
     lines = [
         "## Annotation effort: clicks to a Dice target (NoC)",
         "",
-        f"Command: `{command}` ({datetime.date.today().isoformat()}, {platform.machine()}, "
+        f"Command(s): `{command}` ({datetime.date.today().isoformat()}, {platform.machine()}, "
         f"torch {torch.__version__}, {summary['threads']} thread(s), 2-core CPU shared with "
         "other work). `lesion-diffkd simulate-annotation` runs the same code "
         "(`core/annotation_sim`). Images: the validation split of each dataset (group split, "
         "20%, seed 0: no registered model trained on them), "
-        f"**a subset of {summary['images']} per dataset** (evenly spaced ids) to fit the CPU. "
+        f"**a subset of {_images(summary['images'])} per dataset** (evenly spaced ids) to "
+        "fit the CPU. "
         "The annotator's oracle is the ground truth; the policy (in "
         "`core/annotation_sim/__init__.py`) is the same for every workflow: accept at Dice "
         f">= 0.90; a first mask below Dice {pol['restart_below']} is replaced by a box "
@@ -194,32 +254,45 @@ def render(summary: dict[str, Any], command: str) -> str:
                     f" | {s['restarted']:.0%} | {s['undone_to_box']:.0%}"
                     f" | {s['seconds_per_image']:.2f} |")
         lines.append("")
-    first = next(iter(summary["runs"].values()), {})
+    triage = triage_table(summary)
+    whole = "triage_full" in summary
     lines += ["### Triage: bad consensus masks among the most uncertain images", "",
               "Default student, images ranked by `sample_disagreement` (most uncertain first); "
               "share of the consensus masks below Dice 0.85 that fall in the top 10 / 20 / 30% "
-              "(a random order would catch about 10 / 20 / 30%).", "",
+              "(a random order would catch about 10 / 20 / 30%). "
+              + ("On the **whole** validation split of each dataset (the student alone is "
+                 "cheap; `--triage-only`)." if whole else "On the NoC subset."), "",
               "| dataset | n | masks < 0.85 | top 10% | top 20% | top 30% |",
               "|---|---|---|---|---|---|"]
-    for name, run in first.items():
-        t = run["triage"]
+    for name, t in triage.items():
         lines.append(f"| {name} | {t['images']} | {t['bad']} | {_f(t['top10'], '.0%')} | "
                      f"{_f(t['top20'], '.0%')} | {_f(t['top30'], '.0%')} |")
-    lines += ["", "Done-when targets (issue 12):", ""] + verdicts(summary["runs"])
+    lines += ["", "Done-when targets (issue 12):", ""] + verdicts(summary["runs"], triage)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.triage_only:
+        Path(args.json).write_text(json.dumps(measure_triage(args), default=float))
+        return 0
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        summary, command = saved["summary"], saved["command"]
+        saved = [json.loads(Path(f).read_text()) for f in args.from_json]
+        summary = saved[0]["summary"]
+        summary["images"] = {sam: s["summary"]["images"] for s in saved
+                             for sam in s["summary"]["runs"]}
+        for extra in saved[1:]:
+            summary["runs"].update(extra["summary"]["runs"])
+            summary["notes"] += extra["summary"]["notes"]
+        command = "`; `".join(s["command"] for s in saved)
     else:
         summary = measure(args)
         command = "nice -n 5 .venv/bin/python benchmarks/bench_annotation.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         Path(args.json).write_text(json.dumps({"summary": summary, "command": command.strip()},
                                               default=float))
+    if args.triage_json:
+        summary["triage_full"] = json.loads(Path(args.triage_json).read_text())
     text = render(summary, command.strip())
     print(text)
     if not args.no_write:
