@@ -77,18 +77,27 @@ def looks_like_hu(data: Any, metadata: Mapping[str, Any] | None = None) -> bool:
     return bool(sub.min() < -500)
 
 
-def window_contrast(name: str) -> tuple[float, float]:
-    """Contrast limits (HU) of a named CT window (``lung``, ``soft_tissue``, ...)."""
-    from napari_lesion_diffkd.core.data.windows import window_limits
+def window_contrast(name: str, metadata: Mapping[str, Any] | None = None
+                    ) -> tuple[float, float]:
+    """Contrast limits (HU) of a named CT window (``lung``, ``soft_tissue``, ..., or
+    ``file``: the DICOM file's own window, from the layer's ``metadata``)."""
+    from napari_lesion_diffkd.core.data.windows import FILE_WINDOW, file_window, window_limits
 
+    if name == FILE_WINDOW:
+        own = file_window(dict(metadata or {}))
+        if own is None:
+            raise ValueError("this image has no window of its own")
+        return own
     return window_limits(name)
 
 
-def ct_window_names() -> list[str]:
-    """The CT window presets, in the order of :data:`core.data.windows.CT_WINDOWS`."""
-    from napari_lesion_diffkd.core.data.windows import CT_WINDOWS
+def ct_window_names(metadata: Mapping[str, Any] | None = None) -> list[str]:
+    """The CT window presets, in the order of :data:`core.data.windows.CT_WINDOWS`, with
+    ``file`` (the DICOM file's own window) first when the layer's ``metadata`` has one."""
+    from napari_lesion_diffkd.core.data.windows import CT_WINDOWS, FILE_WINDOW, file_window
 
-    return list(CT_WINDOWS)
+    own = file_window(dict(metadata or {})) is not None
+    return ([FILE_WINDOW] if own else []) + list(CT_WINDOWS)
 
 
 def spacing_scale(metadata: Mapping[str, Any] | None,

@@ -13,8 +13,10 @@ Every layer is an ``"image"`` layer tuple ``(data, kwargs, "image")`` with ``nam
 ``scale`` (= :attr:`LoadedImage.spacing`, mm per spatial axis in napari's axis order),
 ``rgb`` and ``metadata`` (``modality``, ``spacing``, ``source`` plus everything in
 :attr:`LoadedImage.metadata`). CT layers (DICOM modality ``"CT"``, values in HU) get
-``contrast_limits`` from the soft-tissue window (-160, 240) HU; other DICOM images use the
-file's own window when it has one; MONOCHROME1 images get an inverted gray colormap.
+``contrast_limits`` from the file's own window (DICOM WindowCenter / WindowWidth; metadata
+``ct_window = "file"``), else from the lung window (-1350, 150) HU (``ct_window = "lung"``);
+other DICOM images use the file's own window when it has one; MONOCHROME1 images get an
+inverted gray colormap.
 
 The reader never raises inside napari: a file that cannot be read is reported with
 ``napari.utils.notifications.show_warning`` (``warnings.warn`` when napari's notifications
@@ -40,7 +42,12 @@ from napari_lesion_diffkd.core.data.readers import (
     path_suffix,
     read_image,
 )
-from napari_lesion_diffkd.core.data.windows import DEFAULT_CT_WINDOW, window_limits
+from napari_lesion_diffkd.core.data.windows import (
+    DEFAULT_CT_WINDOW,
+    FILE_WINDOW,
+    file_window,
+    window_limits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +115,11 @@ def layer_tuple(image: LoadedImage) -> LayerData:
         kwargs["colormap"] = (
             "gray_r" if metadata.get("photometric_interpretation") == "MONOCHROME1" else "gray"
         )
+        own = file_window(metadata)
         if image.modality == "CT":
-            kwargs["contrast_limits"] = window_limits(DEFAULT_CT_WINDOW)
-            metadata["ct_window"] = DEFAULT_CT_WINDOW
+            # The file's own window is what its author chose to read it with.
+            kwargs["contrast_limits"] = own or window_limits(DEFAULT_CT_WINDOW)
+            metadata["ct_window"] = FILE_WINDOW if own else DEFAULT_CT_WINDOW
         elif "window_center" in metadata and metadata.get("window_width", 0) > 0:
             center, width = metadata["window_center"], metadata["window_width"]
             kwargs["contrast_limits"] = (center - width / 2.0, center + width / 2.0)

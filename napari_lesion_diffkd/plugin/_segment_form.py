@@ -189,7 +189,7 @@ class SegmentForm(QWidget):
         if hu and preset is not None:
             self.window_combo.blockSignals(True)
             self.window_combo.clear()
-            self.window_combo.addItems(ct_window_names())
+            self.window_combo.addItems(ct_window_names(layer.metadata))
             self.window_combo.setCurrentText(layer.metadata.get("ct_window") or preset.ct_window)
             self.window_combo.blockSignals(False)
             self._apply_window(self.window_combo.currentText())
@@ -206,7 +206,10 @@ class SegmentForm(QWidget):
             layer = self.image_layer()
         except ValueError:
             return
-        layer.contrast_limits = window_contrast(name)
+        try:
+            layer.contrast_limits = window_contrast(name, layer.metadata)
+        except ValueError:  # "file" on an image without a window of its own
+            return
         layer.metadata = {**layer.metadata, "ct_window": name}
 
     @staticmethod

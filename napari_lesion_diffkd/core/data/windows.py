@@ -23,8 +23,25 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "liver": (30.0, 150.0),
 }
 
-#: The window the napari reader uses for CT layers unless told otherwise.
-DEFAULT_CT_WINDOW = "soft_tissue"
+#: The window the napari reader uses for CT layers whose file has no window of its own
+#: (lung: the datasets' CT lesions are lung infections; the user guide says so).
+DEFAULT_CT_WINDOW = "lung"
+
+#: The name of "the DICOM file's own window" (WindowCenter / WindowWidth) among the presets.
+FILE_WINDOW = "file"
+
+
+def file_window(metadata: dict | None) -> tuple[float, float] | None:
+    """``(low, high)`` HU of the file's own window (``window_center`` / ``window_width``
+    in a reader's metadata), or None when it has none."""
+    meta = metadata or {}
+    try:
+        center, width = float(meta["window_center"]), float(meta["window_width"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        return None
+    return center - width / 2.0, center + width / 2.0
 
 
 def _lookup(name: str) -> tuple[float, float]:

@@ -1,0 +1,56 @@
+"""Display defaults a clinician meets on the first image: the CT window (the file's own,
+else lung, as the guide says), no dims slider from the hidden samples layer of a 2D image,
+and a consensus that stands out over a brown lesion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.core.test_dicom import consecutive_ct_slices, write_ct_series
+from tests.plugin.conftest import wait_idle, wait_ready
+
+pytestmark = pytest.mark.gui
+
+
+def _series(tmp_path, data_root, window: tuple[str, str] | None):
+    import pydicom
+
+    folder = tmp_path / "ct_series"
+    paths = write_ct_series(folder, consecutive_ct_slices(data_root, 3), seed=3)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if window is None:
+            del ds.WindowCenter
+            del ds.WindowWidth
+        else:
+            ds.WindowCenter, ds.WindowWidth = window
+        ds.save_as(path)
+    return folder
+
+
+@pytest.mark.parametrize("window, expected, name", [
+    (("50", "350"), (-125.0, 225.0), "file"),   # the file's own (mediastinum) window
+    (None, (-1350.0, 150.0), "lung"),           # none in the file: lung, as the guide says
+])
+def test_ct_window_is_the_files_own_else_lung(viewer, tmp_path, data_root, qtbot,
+                                              window, expected, name) -> None:
+    from napari_lesion_diffkd.plugin._reader import napari_get_reader
+    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
+
+    folder = _series(tmp_path, data_root, window)
+    [(data, kwargs, _)] = napari_get_reader(str(folder))(str(folder))
+    assert kwargs["contrast_limits"] == pytest.approx(expected)
+    layer = viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    wait_ready(qtbot, widget.picker)
+    widget.select_image(layer.name)
+    combo = widget.form.window_combo
+    assert combo.currentText() == name
+    assert tuple(layer.contrast_limits) == pytest.approx(expected)
+    if name == "file":  # the presets stay one click away
+        combo.setCurrentText("soft_tissue")
+        assert tuple(layer.contrast_limits) == pytest.approx((-160.0, 240.0))
+        combo.setCurrentText("file")
+        assert tuple(layer.contrast_limits) == pytest.approx(expected)
