@@ -89,6 +89,8 @@ def model_card(config: dict, evaluation: dict) -> str:
         f"{split['n_val']} validation images. The validation ids are listed in `config.json` "
         "(`provenance.split.val_ids`); the model never trained on them.",
         "",
+        *([f"**Warning:** only {split['n_val']} validation images: the scores below are not "
+           "comparable with scores on dozens of images.", ""] if split["n_val"] < 10 else []),
         "## Validation metrics",
         "",
         "Computed by `scripts/register_model.py` at each image's original resolution, "

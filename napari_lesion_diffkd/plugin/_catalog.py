@@ -22,6 +22,9 @@ ROLE_PREFERENCE = ("student", "teacher", "baseline")
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
+#: A validation Dice from fewer images than this is flagged as unreliable.
+FEW_VAL_IMAGES = 10
+
 
 def normalise_modality(text: Any) -> str | None:
     """``"CT"`` -> ``"ct"``, ``"US"`` -> ``"ultrasound"``, ...; None when unknown or empty
@@ -47,6 +50,7 @@ class ModelEntry:
         source: ``registered`` | ``folder`` (added with "Add checkpoint...") | ``project``.
         sampler: the bundle's default sampler name (``ddim``, ``one-step``, ...) or None for
             a deterministic network.
+        n_val: how many validation images ``val_dice`` comes from (None: not recorded).
     """
 
     label: str
@@ -58,18 +62,33 @@ class ModelEntry:
     val_dice: float | None
     source: str
     sampler: str | None
+    n_val: int | None = None
 
     @property
     def deterministic(self) -> bool:
         """A plain segmentation network: one mask, no K, no sampler."""
         return self.sampler is None
 
+    @property
+    def few_val_images(self) -> bool:
+        """The validation Dice comes from fewer than :data:`FEW_VAL_IMAGES` images."""
+        return self.val_dice is not None and self.n_val is not None and \
+            self.n_val < FEW_VAL_IMAGES
+
     def describe(self) -> str:
-        """One line for the picker's info label."""
+        """One line for the picker's info label (validation set size, and a warning when
+        it is below :data:`FEW_VAL_IMAGES` images)."""
         dice = "-" if self.val_dice is None else f"{self.val_dice:.3f}"
+        if self.val_dice is not None and self.n_val is not None:
+            dice += f" on {self.n_val} image{'s' if self.n_val != 1 else ''}"
         kind = "deterministic" if self.deterministic else f"sampler {self.sampler}"
-        return (f"{self.modality or '?'} {self.role}, {self.params / 1e6:.2f}M params, "
+        text = (f"{self.modality or '?'} {self.role}, {self.params / 1e6:.2f}M params, "
                 f"input {self.input_size} px, {kind}, val Dice {dice} ({self.source})")
+        if self.few_val_images:
+            text += (f"\n\u26a0 validated on only {self.n_val} image"
+                     f"{'s' if self.n_val != 1 else ''}: that Dice is not comparable with a "
+                     f"score on {FEW_VAL_IMAGES} or more")
+        return text
 
 
 def is_segmenter(cfg: dict[str, Any]) -> bool:
@@ -83,12 +102,16 @@ def entry_from_config(label: str, target: str, cfg: dict[str, Any], source: str)
     metrics = cfg.get("metrics", {}) or {}
     dice = metrics.get("dice", metrics.get("model_resolution_dice"))
     deterministic = cfg.get("objective") == "segmentation"
+    n_val = metrics.get("n_val")
+    if n_val is None:  # a trainer's bundle: the size of its own validation split
+        n_val = (((cfg.get("provenance") or {}).get("split") or {}).get("n_val"))
     return ModelEntry(
         label=label, target=target, modality=normalise_modality(cfg.get("modality")),
         role=str(cfg.get("role", "?")), params=int(cfg.get("num_parameters", 0)),
         input_size=(cfg.get("input") or {}).get("size"),
         val_dice=None if dice is None else float(dice), source=source,
         sampler=None if deterministic else (cfg.get("sampler") or {}).get("name", "ddim"),
+        n_val=int(n_val) if isinstance(n_val, (int, float)) else None,
     )
 
 

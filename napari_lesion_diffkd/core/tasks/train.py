@@ -20,6 +20,10 @@ from napari_lesion_diffkd.core.tasks.common import apply_threads, resolve_job_mo
 
 CONFIG_SNAPSHOT = "train_config.json"
 DONE_MARKER = ".complete"
+CARD_NAME = "README.md"
+#: Below this many validation images a model card warns that its Dice is unreliable (the
+#: plugin's catalogue uses the same number).
+FEW_VAL_IMAGES = 10
 
 
 def _resolve_path(value: str, root: Path) -> Path:
@@ -133,10 +137,44 @@ def run_train(ctx: TaskContext) -> TaskResult:
                                provenance=provenance)
     result: dict[str, Any] = {k: v for k, v in summary.items() if k != "val_records"}
     result["path"] = str(run_dir)
+    n_val = len(summary.get("val_records") or [])
+    result["n_val"] = n_val
     if ctx.job.config.get("register", True):
         model = ctx.store.register_model(
             config.name, run_dir, role=config.role, job_id=ctx.job.id,
-            metrics={"model_resolution_dice": summary.get("best_val_dice")})
+            metrics={"model_resolution_dice": summary.get("best_val_dice"), "n_val": n_val})
         result["model"] = model.tag
         yield JobEvent("log", message=f"registered {model.tag}")
+        _write_card(run_dir, model.tag, config, summary, n_val)
+    if n_val < FEW_VAL_IMAGES:
+        yield JobEvent("log", message=f"validation Dice is from only {n_val} image(s): "
+                       "label more images (or groups) for a score to rely on")
     return result
+
+
+def model_card(tag: str, config: Any, summary: dict[str, Any], n_val: int) -> str:
+    """A fine-tuned model's card: what it was trained from and on, and its validation
+    score with the size of the validation set (a warning below FEW_VAL_IMAGES)."""
+    dice = summary.get("best_val_dice")
+    lines = [f"# {tag}", "",
+             f"{config.role.capitalize()} for **{config.modality}**, trained by a project job"
+             + (f" from `{Path(str(config.init_bundle)).name}`" if config.init_bundle else "")
+             + f": {summary.get('steps')} steps.", "",
+             "| | |", "|---|---|",
+             f"| validation Dice (model resolution) | "
+             f"{'-' if dice is None or dice < 0 else f'{dice:.3f}'} |",
+             f"| validation images | {n_val} |", ""]
+    if n_val < FEW_VAL_IMAGES:
+        lines += [f"**Warning:** the validation Dice comes from only {n_val} image"
+                  f"{'s' if n_val != 1 else ''}. It is not comparable with a registered "
+                  f"model's score on dozens of images; label more images (from more "
+                  f"patients / groups) before relying on it.", ""]
+    return "\n".join(lines)
+
+
+def _write_card(run_dir: Path, tag: str, config: Any, summary: dict[str, Any],
+                n_val: int) -> None:
+    try:
+        (run_dir / CARD_NAME).write_text(model_card(tag, config, summary, n_val))
+    except OSError:
+        pass  # the card is a courtesy: the model is registered and usable without it
