@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_lesion_diffkd.plugin._layers import (
+    CONSENSUS_CONTOUR,
     META_KEY,
     ROLES,
     digest,
@@ -98,6 +99,8 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
             if z is not None and role == "consensus":
                 kwargs["metadata"][META_KEY]["clean"] = digest(data)
             layers[role] = add(data, **kwargs)
+            if role == "consensus":
+                layers[role].contour = CONSENSUS_CONTOUR
             continue
         if undoable and existing.data.dtype == data.dtype:
             write_labels(existing, data)  # one undo step, shared with brush strokes

@@ -6,7 +6,8 @@ Result layers of an image layer called ``<image>``:
   a large 2D image, (K, y, x) at the result's working shape, with a layer scale that lays it
   over the image: the K masks are not upsampled for display);
 * ``<image> uncertainty``: image, (Y, X) or (Z, Y, X) float32 in [0, 1], magma colormap;
-* ``<image> consensus``: labels, (Y, X) or (Z, Y, X) uint8 {0, 1}, editable.
+* ``<image> consensus``: labels, (Y, X) or (Z, Y, X) uint8 {0, 1}, editable; drawn as a
+  high-contrast outline (:data:`CONSENSUS_COLOR`, :data:`CONSENSUS_CONTOUR`).
 
 The Compare widget names its layers ``<image> [<model>] uncertainty`` etc. Every model layer
 carries ``metadata["lesion_diffkd"]`` (:func:`model_meta`): the widgets find and replace
@@ -26,6 +27,15 @@ import numpy as np
 META_KEY = "lesion_diffkd"
 SUFFIXES = {"samples": " samples", "uncertainty": " uncertainty", "consensus": " consensus"}
 ROLES = tuple(SUFFIXES)
+#: The consensus is drawn as an opaque neon-green outline: a filled half-transparent mask in
+#: napari's default label colour was barely visible over a brown lesion, and a filled mask
+#: hides the lesion border the user has to judge. Green is far from every skin and lesion
+#: tone, from magma (uncertainty) and from the correction proposal's cyan.
+CONSENSUS_COLOR = "#39ff14"
+CONSENSUS_COLORS = {0: "transparent", 1: CONSENSUS_COLOR, None: CONSENSUS_COLOR}
+#: Outline width in pixels (0 = filled; set on the layer after it is made: napari's
+#: add_labels takes no ``contour``); the brush still paints filled labels.
+CONSENSUS_CONTOUR = 2
 
 
 def layer_names(image_name: str, model: str | None = None) -> dict[str, str]:
@@ -130,7 +140,8 @@ def result_layer_tuples(
                        "blending": "additive", "opacity": 0.7,
                        "metadata": meta("uncertainty")}, "image"),
         (consensus, {"name": names["consensus"], "scale": scale, "translate": translate,
-                     "opacity": 0.5, "metadata": meta("consensus", consensus)}, "labels"),
+                     "opacity": 1.0, "colormap": CONSENSUS_COLORS,
+                     "metadata": meta("consensus", consensus)}, "labels"),
     ]
 
 

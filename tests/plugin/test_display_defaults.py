@@ -54,3 +54,25 @@ def test_ct_window_is_the_files_own_else_lung(viewer, tmp_path, data_root, qtbot
         assert tuple(layer.contrast_limits) == pytest.approx((-160.0, 240.0))
         combo.setCurrentText("file")
         assert tuple(layer.contrast_limits) == pytest.approx(expected)
+
+
+def test_consensus_outline_stands_out_over_a_brown_lesion(viewer, ph2_image, qtbot) -> None:
+    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
+
+    viewer.add_image(ph2_image, name="lesion", rgb=True)
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg)
+    wait_ready(qtbot, seg.picker)
+    seg.samples_spin.setValue(2)
+    seg.run()
+    wait_idle(qtbot, seg)
+    consensus = seg.last_layers["consensus"]
+    mask = np.asarray(consensus.data) > 0
+    lesion = ph2_image[mask].mean(axis=0) / 255.0  # the brown lesion's mean colour
+    skin = ph2_image[~mask].mean(axis=0) / 255.0
+    color = np.asarray(consensus.get_color(1))
+    # Drawn as an opaque outline, so the lesion's own border stays visible inside it.
+    assert consensus.contour >= 1 and consensus.opacity == 1.0 and color[3] == 1.0
+    for background in (lesion, skin):
+        assert np.linalg.norm(color[:3] - background) > 0.6, (color, background)
+    assert consensus.get_color(0) is None or consensus.get_color(0)[3] == 0
