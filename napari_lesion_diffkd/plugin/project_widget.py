@@ -138,22 +138,26 @@ class ProjectWidget(QWidget):
         project = self.context.project_path
 
         def work() -> str:
-            from napari_lesion_diffkd.core.store import ProjectStore, import_folder
+            from napari_lesion_diffkd.core.store import (
+                ImportReport,
+                InvalidInputError,
+                ProjectStore,
+                import_folder,
+                import_image,
+            )
 
-            added = labels = 0
+            report = ImportReport()  # counts only what was added; names the duplicates
             with ProjectStore(project) as store:
                 for p in map(Path, paths):
-                    if p.is_dir() and not (p / "images").is_dir() and _is_dicom_series(p):
-                        store.add_image(p, modality=modality)
-                        added += 1
-                    elif p.is_dir():
-                        report = import_folder(store, p, modality=modality, skip_invalid=True)
-                        added += report.images_added
-                        labels += report.labels_added
-                    else:
-                        store.add_image(p, modality=modality)
-                        added += 1
-            return f"imported {added} images and {labels} labels"
+                    if p.is_dir() and ((p / "images").is_dir() or not _is_dicom_series(p)):
+                        report.add(import_folder(store, p, modality=modality,
+                                                 skip_invalid=True))
+                        continue
+                    try:  # an image file or a DICOM series folder
+                        report.add(import_image(store, p, modality=modality))
+                    except InvalidInputError as exc:
+                        report.skipped.append((str(p), str(exc)))
+            return report.summary()
 
         from napari_lesion_diffkd.plugin._workers import start_function_worker
 

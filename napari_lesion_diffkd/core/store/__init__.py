@@ -22,7 +22,12 @@ from napari_lesion_diffkd.core.store.records import (
     PredictionRecord,
 )
 from napari_lesion_diffkd.core.store.schema import SCHEMA_VERSION
-from napari_lesion_diffkd.core.store.transfer import ImportReport, export_labels, import_folder
+from napari_lesion_diffkd.core.store.transfer import (
+    ImportReport,
+    export_labels,
+    import_folder,
+    import_image,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -39,4 +44,5 @@ __all__ = [
     "StoreWriteError",
     "export_labels",
     "import_folder",
+    "import_image",
 ]

@@ -45,13 +45,50 @@ _MASK_SUFFIXES = (".png", ".nii.gz", ".nii", ".tif", ".tiff")
 
 @dataclass
 class ImportReport:
-    """What :func:`import_folder` did. ``skipped``: (path, reason) of refused files."""
+    """What :func:`import_folder` / :func:`import_image` did. ``skipped``: (path, reason) of
+    refused files; ``known_names``: images that were already in the project (same name and
+    content), so nothing was added for them."""
 
     images_added: int = 0
     images_known: int = 0
     labels_added: int = 0
     labels_unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    known_names: list[str] = field(default_factory=list)
+
+    def add(self, other: ImportReport) -> ImportReport:
+        """Add another report's counts and lists to this one (several paths, one report)."""
+        self.images_added += other.images_added
+        self.images_known += other.images_known
+        self.labels_added += other.labels_added
+        self.labels_unchanged += other.labels_unchanged
+        self.skipped += other.skipped
+        self.known_names += other.known_names
+        return self
+
+    def summary(self, names: int = 5) -> str:
+        """One line: what was added, which duplicates were skipped (up to ``names`` named)
+        and how many files were refused."""
+        def plural(n: int, word: str) -> str:
+            return f"{n} {word}{'' if n == 1 else 's'}"
+
+        if self.images_added or self.labels_added:
+            parts = [f"imported {plural(self.images_added, 'image')} and "
+                     f"{plural(self.labels_added, 'label')}"]
+        else:
+            parts = ["nothing new imported"]
+        if self.images_known:
+            listed = ", ".join(self.known_names[:names])
+            more = f" and {self.images_known - names} more" if self.images_known > names else ""
+            parts.append(f"{plural(self.images_known, 'image')} already in the project "
+                         f"skipped ({listed}{more})")
+        if self.labels_unchanged:
+            parts.append(f"{plural(self.labels_unchanged, 'label')} unchanged")
+        if self.skipped:
+            parts.append(f"{plural(len(self.skipped), 'file')} refused "
+                         f"({self.skipped[0][1].splitlines()[0]}"
+                         + (", ..." if len(self.skipped) > 1 else "") + ")")
+        return "; ".join(parts)
 
 
 def _groups(folder: Path) -> dict[str, str]:
@@ -136,6 +173,8 @@ def import_folder(store: ProjectStore, folder: str | os.PathLike,
                 image_id = store.insert_image(conn, info, stem, groups.get(stem))
                 report.images_known += known is not None
                 report.images_added += known is None
+                if known is not None:
+                    report.known_names.append(stem)
                 if label_file is None:
                     continue
                 rel, digest = label_file
@@ -152,6 +191,32 @@ def import_folder(store: ProjectStore, folder: str | os.PathLike,
         for path in written:
             path.unlink(missing_ok=True)
         raise
+    return report
+
+
+def import_image(store: ProjectStore, path: str | os.PathLike,
+                 modality: str | None = None) -> ImportReport:
+    """Add one image file (or DICOM series folder) like ``ProjectStore.add_image``, and say
+    whether it was added or was already in the project (same name and content).
+
+    Raises:
+        InvalidInputError: missing / corrupt image, or its name is used by other content.
+    """
+    from napari_lesion_diffkd.core.data.readers import output_stem
+    from napari_lesion_diffkd.core.store.validate import inspect_image
+
+    info = inspect_image(path, modality)
+    name = check_image_name(output_stem(info.path))
+    report = ImportReport()
+    with store.write() as conn:
+        known = conn.execute("SELECT id FROM images WHERE name = ? AND sha256 = ?",
+                             (name, info.sha256)).fetchone()
+        store.insert_image(conn, info, name)
+    if known is None:
+        report.images_added = 1
+    else:
+        report.images_known = 1
+        report.known_names.append(name)
     return report
 
 
