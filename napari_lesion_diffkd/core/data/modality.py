@@ -25,7 +25,9 @@ Evidence, strongest first (:func:`detect_modality`):
      probe at the top (-0.25-0.35, 95% below 0.12). A fan-shaped black
      border (both top corners black, the top centre not) adds ultrasound evidence.
 
-   The gray evidence is a signed margin; only a clear margin names a modality, so **a gray
+   Both are measured with the longest side resampled down to :data:`GRAY_PIXELS` (the
+   ranges above are at the datasets' own sizes), so a 512 px export of a CT slice reads like
+   the 256 px one. The gray evidence is a signed margin; only a clear margin names a modality, so **a gray
    PNG is not CT by default**: without HU, metadata or a clear body-in-air picture the
    answer is "unknown" and the project's setting (if any) decides.
 
@@ -46,6 +48,10 @@ MODALITIES = ("dermoscopy", "ultrasound", "ct")
 
 #: Content analysis works on at most this many pixels along the longest side.
 WORK_PIXELS = 512
+
+#: Gray images are compared at this size (longest side; larger ones are resampled down), so
+#: that the texture features do not depend on how many pixels the same field of view has.
+GRAY_PIXELS = 256
 
 #: A content guess below this confidence gives way to the project's setting.
 CONFIDENT = 0.7
@@ -216,6 +222,10 @@ def gray_features(a: np.ndarray) -> dict[str, float]:
 def _gray_guess(a: np.ndarray) -> ModalityGuess:
     if min(a.shape) < 16:
         return ModalityGuess(None, 0.5, "none", "image too small to judge")
+    if max(a.shape) > GRAY_PIXELS:
+        from scipy import ndimage as ndi
+
+        a = ndi.zoom(a, GRAY_PIXELS / max(a.shape), order=1)
     f = gray_features(a)
     us = float(np.clip((f["speckle"] - 0.6) / 0.1, -1, 1))    # speckle grains
     ct = float(np.clip((f["body"] - 0.1) / 0.1, -1, 1))       # bright body in dark air
