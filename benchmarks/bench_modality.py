@@ -94,11 +94,27 @@ def main(argv: list[str] | None = None) -> int:
         if r["wrong"]:
             print(f"{name}: e.g. {', '.join(r['wrong'])}", file=sys.stderr)
     if args.write:
-        from benchmarks._report import update_section
-
-        update_section(ROOT / "docs" / "benchmarks.md", "modality",
-                       "## Modality detector\n\n" + text)
+        write_table(ROOT / "docs" / "benchmarks.md", text)
     return 0
+
+
+def write_table(path: Path, table: str) -> None:
+    """Replace the tables inside docs/benchmarks.md's ``modality`` section (its prose is
+    kept); a missing section is appended with the tables only."""
+    import re
+
+    from benchmarks._report import update_section
+
+    doc = path.read_text()
+    start, end = "<!-- modality:start -->", "<!-- modality:end -->"
+    if start not in doc or end not in doc:
+        update_section(path, "modality", "## Modality detector\n\n" + table)
+        return
+    before, rest = doc.split(start, 1)
+    body, after = rest.split(end, 1)
+    pattern = re.compile(r"\| dataset \|.*?\n\| all \|[^\n]*", re.S)
+    body = pattern.sub(lambda _: table, body, count=1)
+    path.write_text(before + start + body + end + after)
 
 
 if __name__ == "__main__":
