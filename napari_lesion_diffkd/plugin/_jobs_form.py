@@ -37,6 +37,22 @@ SAM_KIND = "SAM fine-tune"
 SUGGESTED_LORA_RANK = {CHECKPOINT: 4}
 
 
+def project_modality(store: Any) -> str | None:
+    """The modality most of a project's images have (None without a project or modality)."""
+    from collections import Counter
+
+    from napari_lesion_diffkd.plugin._catalog import normalise_modality
+
+    if store is None:
+        return None
+    try:
+        counts = Counter(normalise_modality(image.modality) for image in store.images())
+    except Exception:  # noqa: BLE001 - a store error must not break the form
+        return None
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
 class JobsForm(QWidget):
     """Kind, model, config file, steps, minutes, images, K, device, threads, overrides;
     a loop round adds the student and the confidence threshold; a SAM fine-tune picks a SAM
@@ -110,6 +126,23 @@ class JobsForm(QWidget):
         self.config_button.clicked.connect(self._browse)
         self.sam_picker.changed.connect(self._on_sam_pick)
         self._on_kind(self.kind_combo.currentText())
+        # "start from" offers the open project's modality (not the first teacher of all).
+        self._context = context
+        context.project_changed.connect(lambda _: self.match_project_modality())
+        self.picker.ready.connect(self.match_project_modality)
+        self.student_picker.ready.connect(self.match_project_modality)
+        self.kind_combo.currentTextChanged.connect(lambda _: self.match_project_modality())
+        self.match_project_modality()
+
+    def match_project_modality(self) -> None:
+        """Show and select the models of the project's modality (that of most of its
+        images); with no project or no recorded modality the pickers stay as they are."""
+        modality = project_modality(getattr(self._context, "store", None))
+        if modality is None:
+            return
+        for picker in (self.picker, self.student_picker):
+            if picker.is_ready and picker.modality != modality:
+                picker.set_modality(modality)
 
     def job_form(self) -> JobForm:
         """The filled-in :class:`JobForm`; ValueError for unparsable overrides."""
