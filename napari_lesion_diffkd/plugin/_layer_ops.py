@@ -55,7 +55,8 @@ def current_slice(viewer: napari.viewer.Viewer, layer: Any) -> int:
 def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
                  z: int | None = None, model: str | None = None, group: str = "segment",
                  before_replace: Callable[[Any], None] | None = None,
-                 roles: tuple[str, ...] = ROLES) -> dict[str, Any]:
+                 roles: tuple[str, ...] = ROLES,
+                 samples_layer: bool | None = None) -> dict[str, Any]:
     """Show a result as the image's model layers (added, or updated in place).
 
     Args:
@@ -67,19 +68,32 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
         before_replace: called with an edited (dirty) consensus layer before it is
             overwritten, so the project panel can keep the user's edits.
         roles: which of the three layers to show (Compare leaves the samples out).
+        samples_layer: whether the K samples get their own ``(K, ...)`` labels layer. None
+            (default): for a volume only, or when the image has one already. For a 2D
+            image a (K, Y, X) layer would add a dims slider for K to a 2D view, even
+            hidden, and cost the GUI thread another labels layer; the samples then ride on
+            the consensus layer's marker (``metadata["lesion_diffkd"]["samples"]``, what
+            the correction panel starts "from sample k" with).
 
     Returns:
-        ``{role: layer}`` for ``roles``.
+        ``{role: layer}`` for the roles shown.
     """
     scale, translate, _ = spatial_transform(image_layer)
     tuples = result_layer_tuples(result, image_layer.name, scale, translate, model, group,
                                  full_samples=z is not None)
     layers = {}
+    kept_samples = None  # the samples, when they get no layer of their own
     for data, kwargs, kind in tuples:
         role = kwargs["metadata"][META_KEY]["role"]
         if role not in roles:
             continue
         existing = find_managed(viewer, image_layer.name, role, group, model)
+        if role == "samples" and existing is None and not (
+                samples_layer if samples_layer is not None else image_layer.ndim == 3):
+            kept_samples = data
+            continue
+        if role == "consensus" and kept_samples is not None and z is None:
+            kwargs["metadata"][META_KEY]["samples"] = kept_samples
         was_dirty = existing is not None and role == "consensus" and is_dirty(existing)
         if was_dirty and before_replace is not None:
             before_replace(existing)  # may save it and mark it clean

@@ -119,6 +119,9 @@ class CompareWidget(QWidget):
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.refresh_images)
         self.refresh_images()
+        from napari_lesion_diffkd.plugin._warmup import warm_up
+
+        warm_up()  # the first run's imports, off the GUI thread (see _warmup)
 
     # -- choices -------------------------------------------------------------------------
     def refresh_images(self, *_: Any) -> None:

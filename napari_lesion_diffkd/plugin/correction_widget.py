@@ -58,6 +58,17 @@ DEBOUNCE_MS = 120  # quiet time after a prompt change before SAM runs (a drag en
 _DONE_ACTIONS = ("added", "removed", "changed")  # napari data-event actions worth a request
 
 
+def _samples_of(samples: Any, consensus: Any) -> Any:
+    """The K sample masks: the samples layer's data, else those the consensus layer keeps
+    (a 2D image's samples get no layer of their own, see ``_layer_ops.apply_result``)."""
+    from napari_lesion_diffkd.plugin._layers import managed
+
+    if samples is not None:
+        return samples.data
+    marker = None if consensus is None else managed(consensus)
+    return None if marker is None else marker.get("samples")
+
+
 class CorrectionWidget(QWidget):
     """Start / prompt / accept / reject / undo / redo on one image's labels.
 
@@ -213,7 +224,7 @@ class CorrectionWidget(QWidget):
         try:
             mask = start_mask(self.source_combo.currentText(), shape,
                               None if consensus is None else consensus.data,
-                              None if samples is None else samples.data,
+                              _samples_of(samples, consensus),
                               self.sample_spin.value() - 1)
         except ValueError as exc:
             self.status.setText(str(exc))

@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_lesion_diffkd.plugin._segment_form import SCOPE_SLICE, SCOPE_VOLUME, SegmentForm
 
@@ -27,7 +35,7 @@ class SegmentWidget(QWidget):
     shortcuts ``image_combo``, ``picker``, ``model_combo``, ``model_info``,
     ``samples_spin``, ``steps_spin``, ``sampler_combo``, ``fusion_combo``, ``seed_spin``,
     ``device_combo``, ``backend_combo``, ``scope_combo``; ``run_button``, ``cancel_button``, ``progress``,
-    ``status``, ``staple_table``, ``worker`` (the running worker or None), ``last_result``
+    ``status``, ``staple_table``, ``samples_layer_check``, ``worker`` (the running worker or None), ``last_result``
     and ``last_layers`` (role -> layer of the last run).
     """
 
@@ -64,6 +72,12 @@ class SegmentWidget(QWidget):
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         self.staple_table = StapleTable()
+        # A 2D image's K samples get no layer unless asked: a (K, Y, X) layer adds a dims
+        # slider to a 2D view even when hidden (volumes always get it).
+        self.samples_layer_check = QCheckBox("K samples as a layer")
+        self.samples_layer_check.setToolTip(
+            "add '<image> samples' (K, Y, X), hidden, for a 2D image too: it adds a slider "
+            "for K; the correction panel can start from a sample either way")
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -71,6 +85,7 @@ class SegmentWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.form)
         layout.addLayout(buttons)
+        layout.addWidget(self.samples_layer_check)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(QLabel("STAPLE per sample"))
@@ -80,6 +95,9 @@ class SegmentWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.context.image_opened.connect(self.select_image)
+        from napari_lesion_diffkd.plugin._warmup import warm_up
+
+        warm_up()  # the first run's imports, off the GUI thread (see _warmup)
 
     # -- public API ----------------------------------------------------------------------
     def select_image(self, name: str) -> None:
@@ -159,7 +177,8 @@ class SegmentWidget(QWidget):
         self.last_result = result
         self.last_layers = apply_result(
             self.viewer, result, self.viewer.layers[target["name"]], z=target["z"],
-            model=target["model"], before_replace=self.context.consensus_replacing.emit)
+            model=target["model"], before_replace=self.context.consensus_replacing.emit,
+            samples_layer=True if self.samples_layer_check.isChecked() else None)
         self.staple_table.show_values(result.sensitivity, result.specificity)
         consensus = np.asarray(result.consensus)
         text = (f"done in {result.seconds:.2f} s with {target['model']}: "

@@ -93,7 +93,10 @@ def test_correction_start_accept_reject_undo_redo_and_hook(viewer, ph2_image, qt
     seg.samples_spin.setValue(3)
     seg.run()
     wait_idle(qtbot, seg)
-    consensus, samples = seg.last_layers["consensus"], seg.last_layers["samples"]
+    consensus = seg.last_layers["consensus"]
+    # A 2D image's samples ride on the consensus layer: no (K, Y, X) layer, no K slider.
+    assert "samples" not in seg.last_layers and viewer.dims.ndim == 2
+    samples = consensus.metadata[META_KEY]["samples"]
     w = CorrectionWidget(viewer, autoload_sam=False)  # a stand-in backend below, not SAM
     viewer.window.add_dock_widget(w)
     assert w.backend_label.text() == NO_BACKEND and not w.refine_button.isEnabled()
@@ -101,7 +104,7 @@ def test_correction_start_accept_reject_undo_redo_and_hook(viewer, ph2_image, qt
     w.source_combo.setCurrentText("sample")
     w.sample_spin.setValue(2)
     proposal = w.start()
-    np.testing.assert_array_equal(proposal.data, samples.data[1])
+    np.testing.assert_array_equal(proposal.data, samples[1])
     w.source_combo.setCurrentText("empty")
     assert w.start() is proposal and not proposal.data.any()
     w.sample_spin.setValue(9)

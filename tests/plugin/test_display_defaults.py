@@ -76,3 +76,30 @@ def test_consensus_outline_stands_out_over_a_brown_lesion(viewer, ph2_image, qtb
     for background in (lesion, skin):
         assert np.linalg.norm(color[:3] - background) > 0.6, (color, background)
     assert consensus.get_color(0) is None or consensus.get_color(0)[3] == 0
+
+
+def test_a_2d_image_gets_no_dims_slider_from_its_samples(viewer, ph2_image, qtbot) -> None:
+    from napari_lesion_diffkd.plugin.correction_widget import CorrectionWidget
+    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
+
+    viewer.add_image(ph2_image, name="lesion", rgb=True)
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg)
+    wait_ready(qtbot, seg.picker)
+    seg.samples_spin.setValue(3)
+    seg.run()
+    wait_idle(qtbot, seg)
+    assert viewer.dims.ndim == 2  # no slider for K on a 2D image
+    assert "lesion samples" not in viewer.layers
+    # The samples stay one click away: the correction panel starts from sample 3.
+    correct = CorrectionWidget(viewer, autoload_sam=False)
+    viewer.window.add_dock_widget(correct)
+    correct.source_combo.setCurrentText("sample")
+    correct.sample_spin.setValue(3)
+    proposal = correct.start()
+    np.testing.assert_array_equal(proposal.data, seg.last_result.samples[2])
+    # Asked for, they get their layer (and its K slider).
+    seg.samples_layer_check.setChecked(True)
+    seg.run()
+    wait_idle(qtbot, seg)
+    assert viewer.layers["lesion samples"].data.shape[0] == 3 and viewer.dims.ndim == 3

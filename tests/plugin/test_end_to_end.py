@@ -86,7 +86,7 @@ def test_open_segment_sam_correct_save_finetune_pick_compare(viewer, qtbot, tmp_
     seg.run()
     wait_idle(qtbot, seg)
     consensus = seg.last_layers["consensus"]
-    assert seg.last_layers["samples"].data.shape[0] == 4
+    assert seg.last_result.samples.shape[0] == 4
 
     # Correct with SAM: start from the consensus, draw a box around the true lesion; the
     # proposal follows live (lesion-sam-tiny, the default prompt model).

@@ -26,6 +26,7 @@ def test_a_large_image_is_segmented_at_a_working_shape_and_says_so(
     viewer.window.add_dock_widget(seg)
     wait_ready(qtbot, seg.picker)
     seg.samples_spin.setValue(2)
+    seg.samples_layer_check.setChecked(True)
     seg.run()
     wait_idle(qtbot, seg)
     text = seg.status.text()

@@ -81,7 +81,9 @@ def test_next_previous_open_cached_prediction_and_label(panel, qtbot) -> None:
     assert panel.current["name"] == first and first in viewer.layers
     assert viewer.layers[first].rgb
     assert f"{first} consensus" in viewer.layers and f"{first} label" in viewer.layers
-    assert viewer.layers[f"{first} samples"].data.shape[0] == 3
+    # A 2D image's samples ride on the consensus layer (no (K, Y, X) layer, no K slider).
+    assert f"{first} samples" not in viewer.layers
+    assert viewer.layers[f"{first} consensus"].metadata["lesion_diffkd"]["samples"].shape[0] == 3
     np.testing.assert_array_equal(viewer.layers[f"{first} label"].data,
                                   _store(panel).read_label(_store(panel).current_label(first)))
     assert "cached prediction" in panel.status.text()

@@ -47,6 +47,7 @@ def test_run_rerun_replaces_only_model_layers(widget, qtbot) -> None:
     h, w = viewer.layers["lesion"].data.shape[:2]
     # A user's own layer that happens to carry a result layer's name is never touched.
     mine = viewer.add_labels(np.zeros((h, w), np.uint8), name="lesion consensus")
+    widget.samples_layer_check.setChecked(True)  # a 2D image's samples layer, on request
     widget.samples_spin.setValue(4)
     widget.run()
     assert widget.worker is not None and widget.cancel_button.isEnabled()
