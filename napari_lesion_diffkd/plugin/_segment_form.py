@@ -125,8 +125,10 @@ class SegmentForm(QWidget):
         except ValueError:
             return None
         if self._guess is None or self._guess[0] is not layer.data:
+            # A multiscale layer: its smallest level is plenty to judge from.
+            data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
             self._guess = (layer.data, guess_modality(
-                layer.data, layer.metadata, bool(getattr(layer, "rgb", False))))
+                data, layer.metadata, bool(getattr(layer, "rgb", False))))
         return self._guess[1]
 
     def _update_note(self) -> None:

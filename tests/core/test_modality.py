@@ -71,3 +71,24 @@ def test_hu_dicom_tag_project_setting_and_colour(ct_pairs, busbra_pairs, ph2_pai
     gray_as_rgb = np.repeat(us[..., None], 3, axis=-1)  # a gray image saved as colour
     assert detect_modality(gray_as_rgb, rgb=True).modality == "ultrasound"
     assert detect_modality(np.zeros((0, 0))).modality is None
+
+
+class _Lazy:
+    """A lazily-loaded volume (dask / zarr-like): reading it whole is an error."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole volume was read")
+
+
+def test_a_lazy_volume_is_only_sampled(ct_pairs) -> None:
+    ct = imread(ct_pairs[0][0])
+    volume = np.repeat(ct[None], 40, axis=0)
+    assert detect_modality(_Lazy(volume)).modality == "ct"
+    hu = volume.astype(np.int16) * 6 - 1024
+    assert detect_modality(_Lazy(hu)).source == "hu"

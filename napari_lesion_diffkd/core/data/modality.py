@@ -119,8 +119,9 @@ def detect_modality(image: Any, metadata: Mapping[str, Any] | None = None,
         return ModalityGuess(named, 0.99 if source == "metadata" else 0.95, source, where)
     if meta.get("ct_window"):
         return ModalityGuess("ct", 0.95, "metadata", "CT window set by the reader")
-    arr = np.asarray(image)
-    if arr.size == 0:
+    # An array-like with shape and dtype (numpy, dask, zarr) is only read where sampled.
+    arr = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)
+    if int(np.prod(arr.shape)) == 0:
         return _fallback(ModalityGuess(None, 0.5, "none", "empty image"), project_modality)
     if rgb is None:
         rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4
@@ -147,8 +148,8 @@ def _fallback(guess: ModalityGuess, project_modality: str | None) -> ModalityGue
 def _is_hu(arr: np.ndarray) -> bool:
     if arr.dtype.kind not in "fi" or arr.ndim not in (2, 3):
         return False
-    step = max(1, int(round((arr.size / 250_000) ** (1 / arr.ndim))))
-    sub = arr[tuple(slice(None, None, step) for _ in range(arr.ndim))]
+    step = max(1, int(round((int(np.prod(arr.shape)) / 250_000) ** (1 / arr.ndim))))
+    sub = np.asarray(arr[tuple(slice(None, None, step) for _ in range(arr.ndim))])
     finite = sub[np.isfinite(sub)] if sub.dtype.kind == "f" else sub
     return bool(finite.size and finite.min() < -500 and finite.max() > 100)
 
@@ -160,7 +161,7 @@ def _plane(arr: np.ndarray, rgb: bool) -> np.ndarray:
         arr = arr[arr.shape[0] // 2]
         spatial -= 1
     step = max(1, int(np.ceil(max(arr.shape[:2]) / WORK_PIXELS)))
-    return arr[::step, ::step]
+    return np.asarray(arr[::step, ::step])
 
 
 def _to_unit(plane: np.ndarray) -> np.ndarray:
