@@ -30,4 +30,6 @@ def test_train_job_records_validation_size_and_warns_in_the_card(project: Projec
     assert f"| validation images | {n_val} |" in card
     assert "**Warning:** the validation Dice comes from only" in card
     assert "validation Dice is from only" in done.log
+    # The job log also shows per-step progress (at most one line per 5 s, and the end).
+    assert "[progress] step 2/2 (100%)" in done.log
 
