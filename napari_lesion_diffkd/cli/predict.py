@@ -12,7 +12,8 @@ would write the same files get ``<stem>-2``, ``-3`` ... in input order (the JSON
 (``LESION_DIFFKD_MAX_PIXELS``) are refused unread; ``--samples`` 1..256 and ``--steps``
 1..1000; a broken model bundle or an argument out of bounds is exit code 2.
 
-A SAM model (e.g. ``lesion-sam-tiny``) takes ``--prompt-box x0,y0,x1,y1`` and/or repeated
+A SAM model (``medsam-lite``, ``lesion-sam-tiny``; the default SAM when ``--model`` is left
+out and a prompt is given) takes ``--prompt-box x0,y0,x1,y1`` and/or repeated
 ``--prompt-point x,y,label`` in image pixels (x = column, y = row) and writes the same files
 (K = 1; uncertainty = entropy of SAM's logits): ``core/predict_prompts.py``.
 """
@@ -24,7 +25,10 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images; writes consensus, uncertainty, samples")
-    p.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    p.add_argument("--model", default=None,
+                   help="registered model name or checkpoint path; with --prompt-box / "
+                        "--prompt-point it may be left out: the default SAM (medsam-lite where "
+                        "installed, else lesion-sam-tiny; $LESION_DIFFKD_SAM overrides)")
     p.add_argument("--input", required=True, nargs="+", help="image files or folders")
     p.add_argument("--output", required=True, help="output folder (created if missing)")
     p.add_argument("--samples", type=int, default=None, help="K masks per image (model default)")
@@ -45,11 +49,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from napari_lesion_diffkd.core.predict_prompts import (
         is_sam_model,
         predict_files_with_prompts,
     )
 
+    if args.model is None:
+        if args.prompt_box is None and not args.prompt_point:
+            print("error: predict: --model is required (or give --prompt-box / --prompt-point "
+                  "to use the default SAM)", file=sys.stderr)
+            return 2
+        from napari_lesion_diffkd.core.sam.correction_backend import default_sam
+
+        args.model = default_sam()
     if args.prompt_box is not None or args.prompt_point or is_sam_model(args.model):
         return predict_files_with_prompts(args.model, args.input, args.output,
                                           box=args.prompt_box, points=args.prompt_point,

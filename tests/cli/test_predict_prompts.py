@@ -114,3 +114,25 @@ def test_parsers_and_helpers() -> None:
     assert not is_sam_model("dermoscopy-unet") and not is_sam_model("no-such-model")
     ent = binary_entropy_bits(np.array([0.0, 0.5, 1.0]))
     np.testing.assert_allclose(ent, [0.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_a_prompt_without_model_uses_the_default_sam(tmp_path: Path, ph2, capsys,
+                                                     monkeypatch) -> None:
+    from napari_lesion_diffkd.core.sam.correction_backend import default_sam
+
+    monkeypatch.delenv("LESION_DIFFKD_SAM", raising=False)
+    path, gt = ph2["IMD009"]
+    code = main(["predict", "--input", str(path), "--output", str(tmp_path),
+                 "--prompt-box", _box_text(gt), "--device", "cpu"])
+    assert code == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # medsam-lite where its wheel is installed (make test installs it), else lesion-sam-tiny
+    assert line["model"] == default_sam() == "medsam-lite"
+    assert dice(np.asarray(Image.open(tmp_path / "IMD009.png")) > 127, gt) > 0.85
+
+
+def test_no_model_and_no_prompt_is_one_error_line(tmp_path: Path, ph2, capsys) -> None:
+    path, _ = ph2["IMD009"]
+    code = main(["predict", "--input", str(path), "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--model is required" in err
