@@ -19,13 +19,13 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_lesion_diffkd.plugin._catalog import ROLE_PREFERENCE, ModelEntry, default_entry
+from napari_lesion_diffkd.plugin._panel_layout import ElidedLabel
 
 
 class ModelPicker(QWidget):
@@ -55,8 +55,9 @@ class ModelPicker(QWidget):
 
         self.combo = QComboBox()
         self.combo.setMinimumContentsLength(18)
-        self.info = QLabel("reading models...")
-        self.info.setWordWrap(True)
+        # One elided line, the full text in its tooltip: a wrapped info line used to clip
+        # and overlap the combo and "Add checkpoint..." in a narrow dock.
+        self.info = ElidedLabel("reading models...")
         self.add_button = QPushButton("Add checkpoint...")
         self.add_button.setToolTip("a bundle folder with config.json and model.safetensors")
         self.all_check = QCheckBox("all modalities")

@@ -87,7 +87,6 @@ class CompareWidget(QWidget):
             "loading and one warm-up run, made once per model; the latency is measured after")
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setMaximumHeight(90)
         self.dice_label = QLabel("")
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
@@ -111,6 +110,11 @@ class CompareWidget(QWidget):
         layout.addWidget(self.dice_label)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        from napari_lesion_diffkd.plugin._panel_layout import make_scrollable, show_rows
+
+        show_rows(self.table, 2)  # one row per compared model
+        self.table.setMaximumHeight(self.table.minimumHeight())
+        make_scrollable(self)  # fits a laptop screen with every panel open (_panel_layout)
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)

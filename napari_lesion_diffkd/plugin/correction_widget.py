@@ -148,6 +148,9 @@ class CorrectionWidget(QWidget):
                      self.negative_check, self.refine_button, grid, self.status):
             (layout.addLayout if not isinstance(item, QWidget) else layout.addWidget)(item)
         layout.addStretch(1)
+        from napari_lesion_diffkd.plugin._panel_layout import make_scrollable
+
+        make_scrollable(self)  # fits a laptop screen with every panel open (_panel_layout)
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)

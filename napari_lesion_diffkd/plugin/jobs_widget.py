@@ -103,6 +103,10 @@ class JobsWidget(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.log_view)
         layout.addWidget(self.status)
+        from napari_lesion_diffkd.plugin._panel_layout import make_scrollable, show_rows
+
+        show_rows(self.table, 4)
+        make_scrollable(self)  # fits a laptop screen with every panel open (_panel_layout)
 
         self.timer = QTimer(self)
         self.timer.setInterval(POLL_MS)

@@ -90,6 +90,10 @@ class ProjectWidget(QWidget):
         for item in (self.open_button, self.path_label, imports, form, self.queue_table, nav,
                      save_form, self.save_button, self.status):
             (layout.addLayout if not isinstance(item, QWidget) else layout.addWidget)(item)
+        from napari_lesion_diffkd.plugin._panel_layout import make_scrollable, show_rows
+
+        show_rows(self.queue_table, 4)
+        make_scrollable(self)  # fits a laptop screen with every panel open (_panel_layout)
 
         self.open_button.clicked.connect(self._browse_project)
         self.import_files_button.clicked.connect(self._browse_files)

@@ -91,6 +91,10 @@ class SegmentWidget(QWidget):
         layout.addWidget(QLabel("STAPLE per sample"))
         layout.addWidget(self.staple_table)
         layout.addStretch(1)
+        from napari_lesion_diffkd.plugin._panel_layout import make_scrollable, show_rows
+
+        show_rows(self.staple_table, 4)
+        make_scrollable(self)  # fits a laptop screen with every panel open (_panel_layout)
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
