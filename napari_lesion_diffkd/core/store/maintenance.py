@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from napari_lesion_diffkd.core.store.project import ProjectStore
 
 #: Folders whose every file must be referenced by a row.
-_INDEXED_DIRS = ("labels", "predictions")
+_INDEXED_DIRS = ("labels", "predictions", "interactions")
 
 
 @dataclass
@@ -77,9 +77,11 @@ class CheckReport:
 
 
 def referenced_files(store: ProjectStore) -> set[str]:
-    """Relative paths of every file a label or prediction row points at."""
+    """Relative paths of every file a label, prediction or interaction row points at."""
     conn = store.conn
     refs = {r[0] for r in conn.execute("SELECT file FROM label_versions")}
+    refs.update(r[0] for r in conn.execute(
+        "SELECT file FROM interaction_events WHERE file IS NOT NULL"))
     for row in conn.execute("SELECT samples_file, probability_file, uncertainty_file, "
                             "consensus_file FROM predictions"):
         refs.update(v for v in row if v)

@@ -22,8 +22,9 @@ Migrations
     claims; version 3 added the active-learning loop's rounds and annotation queue; version
     4 renames image names that are not safe file names (``names.py``: ``../x``, ``a/b``,
     absolute paths, control characters) to safe unique ones and records each rename in
-    ``image_renames``. A step is an SQL statement or a function of the connection. Never
-    edit a released migration: append a new one.
+    ``image_renames``; version 5 adds ``interaction_events``, the annotation interaction log
+    (``interactions.py``). A step is an SQL statement or a function of the connection.
+    Never edit a released migration: append a new one.
 
 Opening an existing file (:func:`database_file_problem`, :func:`check_project_schema`)
     A project database is never created over an existing file: an empty (0-byte) file,
@@ -189,9 +190,30 @@ _V4: list[str | Callable[[sqlite3.Connection], None]] = [  # safe image names
     _rename_unsafe_image_names,
 ]
 
+_V5 = [  # the annotation interaction log (interactions.py)
+    """CREATE TABLE interaction_events (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        session TEXT NOT NULL,              -- one tracked layer of one image, from its base
+        seq INTEGER NOT NULL,               -- order inside the session
+        kind TEXT NOT NULL,                 -- base, stroke, prompt, model, accept, undo, ...
+        layer TEXT,                         -- the layer's role: label, consensus, proposal
+        at TEXT NOT NULL,                   -- UTC ISO time of the interaction
+        elapsed REAL,                       -- seconds since the session began (monotonic)
+        label_version_id INTEGER REFERENCES label_versions(id) ON DELETE SET NULL,
+        pixels INTEGER NOT NULL DEFAULT 0,  -- pixels changed (base: pixels set)
+        data TEXT NOT NULL DEFAULT '{}',    -- JSON: prompts, model, seconds, shape ...
+        blob BLOB,                          -- compressed pixel diff (npz), small ones
+        file TEXT UNIQUE,                   -- the same, as a file under interactions/
+        UNIQUE (session, seq)
+    )""",
+    "CREATE INDEX interaction_events_image ON interaction_events(image_id, session, seq)",
+    "CREATE INDEX interaction_events_version ON interaction_events(label_version_id)",
+]
+
 Step = str | Callable[[sqlite3.Connection], None]
 #: ``MIGRATIONS[i]``: the steps that take the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[Step]] = [list(_V1), list(_V2), list(_V3), _V4]
+MIGRATIONS: list[list[Step]] = [list(_V1), list(_V2), list(_V3), _V4, list(_V5)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
