@@ -1,9 +1,17 @@
-"""``lesion-diffkd sam-finetune``: train lesion-sam-tiny, or fine-tune a SAM (LoRA), with
-simulated prompts on image/mask folders (``core.sam.training.train_promptable``)."""
+"""``lesion-diffkd sam-finetune``: train lesion-sam-tiny, or fine-tune a SAM (full, LoRA, or
+the decoder alone on cached embeddings), with simulated prompts on image/mask folders
+(``core.sam.training.train_promptable``).
+
+``--base medsam-lite`` fine-tunes LiteMedSAM (``configs/lesion-medsam.yaml``): with
+``--freeze-encoder`` (the config's choice) the encoder's embeddings are computed once per
+image and mirror and cached under OUT/embeddings (or ``--embedding-cache``); ``--lora-rank R``
+puts LoRA on q and v of every TinyViT attention block instead (no cache). A decoder-only or
+LoRA result stores only its trained tensors and names medsam-lite by its SHA-256."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="LoRA rank on q/v of the image encoder (0: train every weight)")
     p.add_argument("--base", default=None,
                    help="start from this SAM: bundle folder, checkpoint file or name "
-                        "(sam_vit_b, medsam_vit_b, ...); default: the config's (tiny from scratch)")
+                        "(medsam-lite, sam_vit_b, medsam_vit_b, ...); default: the config's "
+                        "(tiny from scratch)")
+    p.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the prompt encoder and mask decoder only, on image embeddings "
+                        "cached once (ignored with LoRA); default: the config's")
+    p.add_argument("--embedding-cache", default=None,
+                   help="folder of the embedding cache (default OUT/embeddings; keyed by image "
+                        "content and encoder weights, so runs may share one)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -31,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     import shlex
     import sys
-    from pathlib import Path
 
     import torch
 
@@ -60,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         config.lora_rank = args.lora_rank
     if args.base is not None:
         config.base = args.base
+    if args.freeze_encoder is not None:
+        config.freeze_encoder = bool(args.freeze_encoder)
+    if args.embedding_cache is not None:
+        config.embedding_cache = str(Path(args.embedding_cache).resolve())
     try:
         records = collect_records(args.data)
     except (OSError, ValueError) as exc:

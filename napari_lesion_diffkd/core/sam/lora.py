@@ -19,6 +19,13 @@ so official state dicts load into an adapted model unchanged.
 
 Adapters are saved on their own (safetensors, a few hundred kB for ViT-B at r = 4) with
 rank/alpha in the file's metadata, and can be merged into the base weight for export.
+
+``medsam-lite``'s TinyViT encoder (``tiny_vit.WindowAttention``) has a fused qkv too, but laid
+out *per head*: ``[q_0 | k_0 | v_0 | q_1 | k_1 | v_1 | ...]`` (each ``head_dim`` wide). There
+the same adapters are used with ``heads`` = the block's head count: the q and v updates
+(``dim`` wide each) are split into heads and interleaved into that layout, k still zero. Its
+attention blocks are those of stages 1-3 (``image_encoder.layers[1:]``; stage 0 is MBConv);
+10 blocks for LiteMedSAM, ``4·r·dim`` parameters each (dims 128, 128, 160 x 6, 320 x 2).
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ class LoRAQKV(nn.Module):
     Input (..., dim_in) float; output (..., 3·dim) float, the same layout as the Linear.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 heads: int | None = None) -> None:
         super().__init__()
         if base.out_features % 3:
             raise ValueError(f"qkv layer has {base.out_features} outputs, not a multiple of 3")
@@ -55,6 +63,10 @@ class LoRAQKV(nn.Module):
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.scaling = self.alpha / self.rank
+        # None: [q | k | v] blocks (segment_anything); H: per-head [q_h | k_h | v_h] (TinyViT).
+        self.heads = None if heads is None else int(heads)
+        if self.heads is not None and self.dim % self.heads:
+            raise ValueError(f"qkv width {self.dim} is not a multiple of {self.heads} heads")
         # Same Parameter objects, same names: the base state-dict keys do not change.
         self.weight = base.weight
         self.bias = base.bias
@@ -70,17 +82,26 @@ class LoRAQKV(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The (3·dim, dim_in) update ``scaling · [B_q A_q; 0; B_v A_v]`` to the base weight."""
-        zeros = torch.zeros(self.dim, self.in_features, device=self.weight.device,
-                            dtype=self.weight.dtype)
-        return self.scaling * torch.cat(
-            [self.lora_q_b @ self.lora_q_a, zeros, self.lora_v_b @ self.lora_v_a], dim=0)
+        dq = (self.lora_q_b @ self.lora_q_a).t()  # (dim_in, dim): rows as outputs, below
+        dv = (self.lora_v_b @ self.lora_v_a).t()
+        return self.scaling * self._interleave(dq, dv).t()
+
+    def _interleave(self, dq: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+        """(..., dim) q and v updates -> (..., 3·dim) in the layer's output layout."""
+        zeros = torch.zeros_like(dq)
+        if self.heads is None:
+            return torch.cat([dq, zeros, dv], dim=-1)
+        lead = dq.shape[:-1]
+        split = (*lead, self.heads, self.dim // self.heads)
+        return torch.cat([dq.reshape(split), zeros.reshape(split), dv.reshape(split)],
+                         dim=-1).reshape(*lead, 3 * self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         h = self.dropout(x)
         dq = F.linear(F.linear(h, self.lora_q_a), self.lora_q_b) * self.scaling
         dv = F.linear(F.linear(h, self.lora_v_a), self.lora_v_b) * self.scaling
-        return out + torch.cat([dq, torch.zeros_like(dq), dv], dim=-1)
+        return out + self._interleave(dq, dv)
 
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` whose weight includes the update (for export/inference)."""
@@ -99,7 +120,19 @@ def added_parameters_per_block(dim_in: int, dim_q: int, dim_v: int, rank: int) -
 
 
 def _attention_blocks(sam: nn.Module) -> list[nn.Module]:
-    return [block.attn for block in sam.image_encoder.blocks]
+    """The attention modules (each with a fused ``qkv``) of the image encoder: the ViT's
+    ``blocks``, or TinyViT's attention stages (``layers[1:]``)."""
+    encoder = sam.image_encoder
+    if hasattr(encoder, "blocks"):
+        return [block.attn for block in encoder.blocks]
+    return [block.attn for layer in list(encoder.layers)[1:] for block in layer.blocks]
+
+
+def _per_head_layout(attn: nn.Module) -> int | None:
+    """TinyViT's head count (its qkv is laid out per head), None for segment_anything's."""
+    from napari_lesion_diffkd.core.sam.tiny_vit import WindowAttention
+
+    return int(attn.num_heads) if isinstance(attn, WindowAttention) else None
 
 
 def apply_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None,
@@ -107,7 +140,7 @@ def apply_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None,
     """Wrap every image-encoder block's ``attn.qkv`` in :class:`LoRAQKV`, in place.
 
     Args:
-        sam: a ``segment_anything`` ``Sam`` (official or tiny).
+        sam: a ``segment_anything`` ``Sam`` (official, tiny, or ``medsam-lite``'s TinyViT).
         rank: r. alpha: scaling numerator (default r, i.e. scaling 1).
         dropout: dropout on the adapter input (0 = none).
         freeze_base: set ``requires_grad=False`` on every non-adapter parameter of ``sam``
@@ -121,7 +154,7 @@ def apply_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None,
     for attn in _attention_blocks(sam):
         if isinstance(attn.qkv, LoRAQKV):
             raise ValueError("this model already has LoRA adapters")
-        attn.qkv = LoRAQKV(attn.qkv, rank, alpha, dropout)
+        attn.qkv = LoRAQKV(attn.qkv, rank, alpha, dropout, heads=_per_head_layout(attn))
         count += 1
     if freeze_base:
         for name, p in sam.named_parameters():

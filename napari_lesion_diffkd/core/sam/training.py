@@ -24,9 +24,25 @@ the first prediction (SAM's interactive training). Loss per pass: 0.2·BCE + 0.8
 ignored), plus ``iou_weight`` x MSE between predicted and actual IoU so that the returned
 score means something.
 
+**Frozen encoder, cached embeddings** (``freeze_encoder``, the CPU way to fine-tune
+``medsam-lite``, whose encoder costs about 75 GFLOPs per image against about 3.6 per prompt
+for the decoder): the image encoder does not train, so each training image is encoded once
+(and once more left-right mirrored with ``embedding_flips``), in eval mode, fp32, with the
+model's own ``preprocess`` exactly as at inference (LiteMedSAM: min-max to [0, 1], zero pad
+to 256), and the (C, h, w) embedding is stored as fp16 safetensors under
+``<out>/embeddings/<encoder fingerprint>/`` (or ``embedding_cache``), one file per image
+content and flip. Epochs then run the prompt encoder and mask decoder only. Augmentation is
+the mirror alone (no turns, no brightness: they would need new embeddings). A killed run
+keeps what it cached; files are keyed by image content and by a hash of the encoder's
+weights, so a cache can be shared by runs. With LoRA the encoder changes: no cache.
+
+Models with BatchNorm (TinyViT) keep it in eval mode when fine-tuning a base: running
+statistics stay those of the pretrained model (batches of a few images would wreck them).
+
 The split is ``datasets.group_split`` (group-aware, per dataset). The generator yields
-``JobEvent``s and can be stopped between yields; ``checkpoint.pt`` (tensors and numbers only)
-allows ``resume``. The result is a SAM bundle in ``out_dir`` plus ``eval.json`` with
+``JobEvent``s and can be stopped between yields; ``checkpoint.pt`` (tensors and numbers only,
+written atomically every ``checkpoint_every`` steps and every ``checkpoint_seconds``) allows
+``resume``. The result is a SAM bundle in ``out_dir`` plus ``eval.json`` with
 ``evaluation.evaluate_prompts`` on every dataset's validation split.
 """
 
@@ -34,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -77,12 +94,13 @@ from napari_lesion_diffkd.core.sam.prompts import (
     sample_negative_click,
     sample_positive_click,
 )
-from napari_lesion_diffkd.core.sam.sam_bundle import save_sam_bundle
+from napari_lesion_diffkd.core.sam.sam_bundle import base_reference, save_sam_bundle
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 EVAL_NAME = "eval.json"
 ADAPTERS_NAME = "lora_adapters.safetensors"
+EMBEDDINGS_DIR = "embeddings"
 LAYOUTS = ("box", "point", "points", "mask_click", "mask")
 
 
@@ -97,6 +115,12 @@ class SamTrainConfig:
         lora_rank, lora_alpha: LoRA on q/v of the image encoder (0 = no LoRA: every
             parameter trains); alpha defaults to the rank.
         train_decoder: with LoRA, also train the mask decoder (and prompt encoder).
+        freeze_encoder: without LoRA, train the prompt encoder and mask decoder only (the
+            image encoder frozen); ignored with LoRA (the adapters are in the encoder).
+        cache_embeddings: with a frozen encoder, encode each image once and read the
+            embeddings from disk (see the module docstring). embedding_flips: cache the
+            left-right mirror too (the only augmentation then). embedding_cache: folder of
+            the cache (default ``<out>/embeddings``).
         batch_size, lr, weight_decay, warmup_steps, grad_clip: AdamW; LR warms up linearly,
             then follows a cosine over the run's progress, the larger of step / max_steps
             and elapsed / max_minutes (so a time-limited run still anneals).
@@ -107,7 +131,8 @@ class SamTrainConfig:
         box_jitter: (low, high) fraction of the box size each side moves.
         val_fraction, split_seed: group-aware split. val_every: steps between validations;
         val_max_images: per dataset, images scored during training (all at the end).
-        checkpoint_every: steps between ``checkpoint.pt`` writes.
+        checkpoint_every: steps between ``checkpoint.pt`` writes; checkpoint_seconds: also
+            write one when this many seconds passed since the last (None: steps only).
         amp_bf16: bf16 autocast for the forward pass (about 1.4x faster on this CPU).
         free_orientation: modalities that get vertical flips and 90° turns (no up/down).
         seed: initialisation, data order, prompts and augmentation.
@@ -120,6 +145,10 @@ class SamTrainConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None
     train_decoder: bool = True
+    freeze_encoder: bool = False
+    cache_embeddings: bool = True
+    embedding_flips: bool = True
+    embedding_cache: str | None = None
     batch_size: int = 8
     lr: float = 8e-4
     weight_decay: float = 0.05
@@ -139,6 +168,7 @@ class SamTrainConfig:
     val_every: int = 500
     val_max_images: int = 40
     checkpoint_every: int = 250
+    checkpoint_seconds: float | None = 120.0
     amp_bf16: bool = True
     free_orientation: tuple[str, ...] = ("dermoscopy",)
     seed: int = 0
@@ -167,6 +197,22 @@ class SamTrainConfig:
         d["box_jitter"] = list(self.box_jitter)
         d["free_orientation"] = list(self.free_orientation)
         return d
+
+
+#: Where a fine-tune of ``medsam-lite`` starts (the Jobs panel's pick, and
+#: ``configs/lesion-medsam.yaml``): the decoder (and prompt encoder) on cached embeddings,
+#: MedSAM's own AdamW settings (lr 1e-4, weight decay 0.01), a short warm-up.
+MEDSAM_LITE_START: dict[str, Any] = {
+    "name": "lesion-medsam", "base": "medsam-lite", "freeze_encoder": True,
+    "cache_embeddings": True, "embedding_flips": True, "lr": 1e-4, "weight_decay": 0.01,
+    "warmup_steps": 20, "batch_size": 8, "val_every": 200, "val_max_images": 10,
+    "checkpoint_every": 100,
+}
+
+
+def medsam_lite_start_config() -> dict[str, Any]:
+    """The ``SamTrainConfig`` fields of a ``medsam-lite`` fine-tune (defaults + the above)."""
+    return {**SamTrainConfig().to_dict(), **MEDSAM_LITE_START}
 
 
 # ------------------------------------------------------------------------------ data
@@ -223,6 +269,90 @@ def _augment(item: _Item, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
         mean = img.mean()
         img = ((img - mean) * contrast + mean + brightness).clamp(0, 255)
     return img.contiguous(), m.contiguous()
+
+
+def _augment_cached(item: _Item, flips: bool,
+                    gen: torch.Generator) -> tuple[bool, torch.Tensor]:
+    """The augmentation a cached embedding allows: a left-right mirror (with ``flips``).
+
+    Returns (mirrored?, (h, w) bool mask in that frame)."""
+    u = float(torch.rand(1, generator=gen))
+    flip = flips and u < 0.5
+    return flip, (item.mask.flip(-1) if flip else item.mask).contiguous()
+
+
+def encoder_fingerprint(sam: nn.Module) -> str:
+    """16 hex digits of a SHA-256 over the image encoder's tensors (names, shapes, values):
+    a cached embedding is only reused by the encoder that computed it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sam.image_encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Image embeddings of a frozen encoder on disk, one fp16 safetensors file per image
+    content and mirror (see the module docstring).
+
+    Args:
+        folder: the cache root; files go to ``folder/<encoder fingerprint>/``.
+        sam: the model whose ``preprocess`` + ``image_encoder`` compute the embeddings.
+        items: the training images (model-input frame, uint8).
+    """
+
+    def __init__(self, folder: Path, sam: nn.Module, items: Sequence[_Item]) -> None:
+        self.folder = Path(folder) / encoder_fingerprint(sam)
+        self.sam = sam
+        self.keys = []
+        for item in items:
+            digest = hashlib.sha256(str(tuple(item.image.shape)).encode())
+            digest.update(item.image.contiguous().numpy().tobytes())
+            self.keys.append(digest.hexdigest()[:32])
+        self.encoded = 0  # encoder passes run by this object (tests, logs)
+
+    def path(self, index: int, flip: bool) -> Path:
+        return self.folder / f"{self.keys[index]}{'-flip' if flip else ''}.safetensors"
+
+    @torch.no_grad()
+    def _encode(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+        # As at inference (PromptSession._encode): 0-255 float, the model's preprocess, fp32.
+        x = self.sam.preprocess(image.float()[None].to(device))
+        return self.sam.image_encoder(x)[0].cpu()
+
+    def fill(self, items: Sequence[_Item], flips: bool, device: torch.device,
+             total_steps: int) -> Generator[JobEvent, None, None]:
+        """Encode every (image, mirror) that has no file yet; an event per image."""
+        from safetensors.torch import save as save_tensors
+
+        from napari_lesion_diffkd.core.bundle import atomic_write_bytes
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        was_training = self.sam.training
+        self.sam.eval()
+        todo = [(i, f) for i in range(len(items)) for f in ((False, True) if flips else (False,))
+                if not self.path(i, f).is_file()]
+        start = time.monotonic()
+        try:
+            for n, (i, flip) in enumerate(todo, 1):
+                image = items[i].image.flip(-1) if flip else items[i].image
+                emb = self._encode(image, device).to(torch.float16).contiguous()
+                atomic_write_bytes(self.path(i, flip), save_tensors({"embedding": emb}))
+                self.encoded += 1
+                if n == 1 or n % 10 == 0 or n == len(todo):
+                    rate = (time.monotonic() - start) / n
+                    yield JobEvent("log", step=0, total=total_steps,
+                                   message=f"cached embedding {n}/{len(todo)} "
+                                           f"({rate:.1f} s each)")
+        finally:
+            self.sam.train(was_training)
+
+    def load(self, index: int, flip: bool) -> torch.Tensor:
+        """The (C, h, w) float32 embedding of a training image (mirrored or not)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path(index, flip)))["embedding"].float()
 
 
 # ------------------------------------------------------------------------------ prompts
@@ -324,9 +454,27 @@ def _loss(low_res: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor,
 # ------------------------------------------------------------------------------ model
 
 
-def _build_model(config: SamTrainConfig) -> tuple[nn.Module, str, TinySamConfig | None, str]:
-    """(model, arch, tiny config or None, description) in train mode with trainable flags."""
+def _uses_cache(config: SamTrainConfig) -> bool:
+    return bool(config.freeze_encoder and config.lora_rank == 0 and config.cache_embeddings)
+
+
+def _set_train_mode(sam: nn.Module, fine_tune: bool) -> nn.Module:
+    """``sam.train()``, BatchNorm kept in eval mode when fine-tuning a pretrained base."""
+    sam.train()
+    if fine_tune:
+        for module in sam.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return sam
+
+
+def _build_model(config: SamTrainConfig
+                 ) -> tuple[nn.Module, str, TinySamConfig | None, str, Any]:
+    """(model, arch, tiny config or None, description, base config) in train mode with
+    trainable flags; base config: the loaded base's config dict plus ``_reference`` (how a
+    partial bundle names it), {} from scratch."""
     tiny_cfg = None
+    base_info: dict[str, Any] = {}
     if config.base is None:
         tiny_cfg = TinySamConfig.from_dict(config.tiny)
         sam, arch, desc = build_tiny_sam(tiny_cfg), TINY_ARCH, "lesion-sam-tiny (random init)"
@@ -340,6 +488,10 @@ def _build_model(config: SamTrainConfig) -> tuple[nn.Module, str, TinySamConfig 
             tiny_cfg = TinySamConfig.from_dict(spec["tiny_config"])
         if loaded.config.get("lora"):
             raise ValueError(f"{config.base}: already has LoRA adapters; start from its base")
+        base_ref = config.base
+        if Path(base_ref).exists():  # a relative path would break once the cwd changes
+            base_ref = str(Path(base_ref).resolve())
+        base_info = {**loaded.config, "_reference": base_reference(loaded, base_ref)}
     for p in sam.parameters():
         p.requires_grad_(True)
     if config.lora_rank > 0:
@@ -348,7 +500,10 @@ def _build_model(config: SamTrainConfig) -> tuple[nn.Module, str, TinySamConfig 
             for module in (sam.mask_decoder, sam.prompt_encoder):
                 for p in module.parameters():
                     p.requires_grad_(True)
-    return sam.train(), arch, tiny_cfg, desc
+    elif config.freeze_encoder:
+        for p in sam.image_encoder.parameters():
+            p.requires_grad_(False)
+    return (_set_train_mode(sam, config.base is not None), arch, tiny_cfg, desc, base_info)
 
 
 def _lr_at(step: int, progress: float, config: SamTrainConfig) -> float:
@@ -394,7 +549,9 @@ def train_promptable(
     if not train_recs:
         raise ValueError("no training images after the split: need more data or groups")
     torch.manual_seed(config.seed)
-    sam, arch, tiny_cfg, desc = _build_model(config)
+    sam, arch, tiny_cfg, desc, base_info = _build_model(config)
+    fine_tune = config.base is not None
+    encoder_trains = any(p.requires_grad for p in sam.image_encoder.parameters())
     sam.to(device)
     size = int(sam.image_encoder.img_size)
     low_res = low_res_size(sam)
@@ -404,6 +561,14 @@ def train_promptable(
     items = _load_items(train_recs, size, config.free_orientation)
     if not items:
         raise ValueError("no training image has a lesion left at the model's input size")
+    cache = None
+    if _uses_cache(config):
+        cache = EmbeddingCache(Path(config.embedding_cache) if config.embedding_cache
+                               else out / EMBEDDINGS_DIR, sam, items)
+        yield JobEvent("log", message=f"frozen encoder: embeddings of {len(items)} images"
+                                      f"{' (and their mirrors)' if config.embedding_flips else ''}"
+                                      f" cached in {cache.folder}")
+        yield from cache.fill(items, config.embedding_flips, device, config.max_steps)
     val_pairs = []
     for r in val_recs:
         image, mask = read_pair(r)
@@ -449,13 +614,23 @@ def train_promptable(
         # Atomic, fsynced; a full disk leaves the previous checkpoint and no partial file.
         save_checkpoint_file(payload, ckpt_path)
 
+    val_session = None
+
     def validate() -> JobEvent | None:
-        nonlocal best_val, best_state
+        nonlocal best_val, best_state, val_session
         if not val_subset:
             return None
         sam.eval()
-        summary = evaluate_prompts(sam, val_subset, device=device)["all"]
-        sam.train()
+        target: Any = sam
+        if not encoder_trains:  # same embeddings at every validation: encode them once
+            if val_session is None:
+                from napari_lesion_diffkd.core.sam.session import PromptSession
+
+                val_session = PromptSession(sam, device=device, cache_size=len(val_subset),
+                                            test_time_flip=False)
+            target = val_session
+        summary = evaluate_prompts(target, val_subset, device=device)["all"]
+        _set_train_mode(sam, fine_tune)
         score = float(np.mean([summary["box_dice"], summary["erode_after"],
                                summary["shift_after"]]))
         if score > best_val:
@@ -471,6 +646,7 @@ def train_promptable(
                                 f"{summary['shift_after']:.4f} (shifted)", values=values)
 
     running = 0.0
+    last_checkpoint = time.monotonic()
     while step < config.max_steps:
         minutes = elapsed() / 60
         if config.max_minutes is not None and minutes >= config.max_minutes:
@@ -482,9 +658,13 @@ def train_promptable(
         idx, order = order[: config.batch_size], order[config.batch_size:]
         images, gts_t, gts_np, valid = [], [], [], []
         for i in idx:
-            img, m = _augment(items[i], gen)
+            if cache is not None:
+                flip, m = _augment_cached(items[i], config.embedding_flips, gen)
+                images.append(cache.load(i, flip).to(device))
+            else:
+                img, m = _augment(items[i], gen)
+                images.append(sam.preprocess(img.to(device)))  # normalise, then pad (as SAM)
             h, w = m.shape
-            images.append(sam.preprocess(img.to(device)))  # normalise, then pad (as SAM)
             g = torch.zeros(size, size)
             g[:h, :w] = m.float()
             v = torch.zeros(size, size)
@@ -503,7 +683,13 @@ def train_promptable(
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16):
-            emb = sam.image_encoder(x)
+            if cache is not None:
+                emb = x  # (B, C, h, w) cached embeddings
+            elif encoder_trains:
+                emb = sam.image_encoder(x)
+            else:
+                with torch.no_grad():
+                    emb = sam.image_encoder(x)
             low, iou = decode_batch(sam, emb, prompts.points, prompts.boxes, prompts.masks,
                                     prompts.multimask)
         loss, best = _loss(low, iou, gt, valid_t, config)
@@ -536,8 +722,11 @@ def train_promptable(
             event = validate()
             if event is not None:
                 yield event
-        if step % config.checkpoint_every == 0:
+        due = bool(config.checkpoint_seconds is not None and step < config.max_steps
+                   and time.monotonic() - last_checkpoint >= config.checkpoint_seconds)
+        if step % config.checkpoint_every == 0 or due:
             save_checkpoint()
+            last_checkpoint = time.monotonic()
             yield JobEvent("checkpoint", step=step, total=config.max_steps,
                            message=str(ckpt_path))
 
@@ -554,11 +743,10 @@ def train_promptable(
     evaluation = evaluate_prompts(final, val_pairs, device=device) if val_pairs else {
         "all": {"n": 0}, "per_dataset": {}, "rows": []}
     (out / EVAL_NAME).write_text(json.dumps(evaluation, indent=1) + "\n")
-    partial = config.base is not None and config.lora_rank > 0
-    # A partial bundle names its base; a relative path would break once the cwd changes.
-    base_ref = config.base
-    if base_ref is not None and Path(base_ref).exists():
-        base_ref = str(Path(base_ref).resolve())
+    # A partial bundle (a base with frozen parts) stores only the trained tensors and names
+    # its base (by SHA-256 where the base knows it: medsam-lite).
+    partial = fine_tune and any(not p.requires_grad for p in sam.parameters())
+    base_ref = base_info.get("_reference")
     bundle_config = {
         "name": config.name, "modality": config.modality,
         "metrics": {**{k: v for k, v in evaluation["all"].items()},
@@ -567,13 +755,21 @@ def train_promptable(
                        "seconds": round(seconds, 1), "base": config.base,
                        "val_ids": [r.id for r in val_recs]},
     }
+    for key in ("test_time_flip", "mask_prompts"):  # how the base is best prompted
+        if key in base_info:
+            bundle_config[key] = base_info[key]
+    if "mask_prompts" in bundle_config and (config.prompt_weights.get("mask", 0) > 0
+                                            or config.prompt_weights.get("mask_click", 0) > 0):
+        bundle_config["mask_prompts"] = True  # it was trained with mask prompts now
     save_sam_bundle(out, final, bundle_config, arch,
                     tiny_config=tiny_cfg if not partial else None,
                     base=base_ref if partial else None)
     if config.lora_rank > 0:
-        save_lora(out / ADAPTERS_NAME, final, metadata={"base": str(base_ref)})
+        base_text = base_ref if isinstance(base_ref, str) else json.dumps(base_ref)
+        save_lora(out / ADAPTERS_NAME, final, metadata={"base": str(base_text)})
     yield JobEvent("checkpoint", step=step, total=config.max_steps, message=str(out))
     return {"steps": step, "seconds": seconds, "best_val": best_val, "out_dir": str(out),
+            "encoder_passes_cached": cache.encoded if cache is not None else 0,
             "num_parameters": count_parameters(final),
             "trainable": sum(p.numel() for p in trainable),
             "eval": {"all": evaluation["all"], "per_dataset": evaluation["per_dataset"]}}
