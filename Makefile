@@ -29,7 +29,7 @@ bench: $(STAMP)
 	nice -n 5 $(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 screenshots: $(STAMP)
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/make_screenshots.py
+	xvfb-run -a -s "-screen 0 1366x768x24" $(PY) scripts/make_screenshots.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,8 +14,12 @@ the whole napari window (``viewer.screenshot(canvas_only=False)``) saved to docs
   (from its reference mask) plus a positive and a negative click, and the live
   ``lesion-sam-tiny`` proposal.
 
-Run as ``xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py``
-(``--only NAME`` takes one shot, e.g. ``--only jobs``).
+Every shot is a 1366 x 768 window (a laptop screen) with all five panels open, tabbed, the
+shot's panel raised (``save`` opens the missing ones as the Plugins menu does).
+
+Run as ``xvfb-run -a -s "-screen 0 1366x768x24" python scripts/make_screenshots.py``
+(``--only NAME`` takes one shot, e.g. ``--only jobs``; ``--skip jobs`` leaves one out: the
+jobs shot trains a teacher for 40 steps).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WINDOW = (1366, 768)  # a laptop screen: every shot has all five panels open at this size
+PANELS = ("Lesion segmentation", "Annotation project", "Jobs", "Compare teacher / student",
+          "Correct segmentation")
 OUT = ROOT / "docs" / "images"
 SHOTS = {
     # modality: (dataset folder, image index)
@@ -53,13 +60,19 @@ def new_viewer(title: str):
     import napari
 
     viewer = napari.Viewer(title=title, show=True)
-    viewer.window.resize(1560, 960)
+    viewer.window.resize(*WINDOW)
     return viewer
 
 
 def save(viewer, name: str) -> None:
     from qtpy.QtWidgets import QApplication
 
+    open_all_panels(viewer)
+    for _ in range(10):  # let docks lay out, then fit the image to the canvas left
+        QApplication.processEvents()
+        time.sleep(0.02)
+    if not viewer_grid_enabled(viewer):
+        viewer.reset_view()
     for _ in range(20):  # let docks lay out and the canvas draw
         QApplication.processEvents()
         time.sleep(0.02)
@@ -67,6 +80,42 @@ def save(viewer, name: str) -> None:
     viewer.screenshot(str(path), canvas_only=False, flash=False)
     print(f"saved {path.relative_to(ROOT)}")
     viewer.close()
+
+
+def viewer_grid_enabled(viewer) -> bool:
+    from napari_lesion_diffkd.plugin.compare_widget import viewer_grid
+
+    return bool(viewer_grid(viewer).enabled)
+
+
+def open_all_panels(viewer) -> None:
+    """Open the panels the shot has not opened (as the Plugins menu does: they tab together,
+    see plugin/_panel_layout.py), then raise the shot's own panel again."""
+    from qtpy.QtWidgets import QDockWidget
+
+    window = viewer.window._qt_window
+    docks = [d for d in window.findChildren(QDockWidget)
+             if d.isVisible() and any(p in d.windowTitle() for p in PANELS)]
+    shown = [d for d in docks if not d.visibleRegion().isEmpty()]
+    main = shown[-1] if shown else (docks[-1] if docks else None)
+    have = {p for p in PANELS for d in docks if p in d.windowTitle()}
+    added = []
+    for name in PANELS:
+        if name not in have:
+            _dock, widget = viewer.window.add_plugin_dock_widget("napari-lesion-diffkd", name)
+            added.append(widget)
+            wait(lambda: True)
+    for widget in added:  # their pickers read the catalogue (and SAM loads) in workers
+        pickers = [getattr(widget, "picker", None), getattr(widget, "teacher_picker", None),
+                   getattr(widget, "student_picker", None)]
+        wait(lambda: all(p is None or p.is_ready for p in pickers))
+        box = getattr(widget, "sam_models", None)
+        if box is not None:
+            wait(lambda: box.worker is None)
+    if main is not None:
+        main.show()
+        main.raise_()
+    wait(lambda: True)
 
 
 def open_image(viewer, path: Path):
@@ -158,7 +207,7 @@ def score_project(panel) -> None:
     panel.refresh_queue()
 
 
-def shot_project_and_jobs(root: Path) -> None:
+def shot_project_and_jobs(root: Path, jobs: bool = True) -> None:
     from napari_lesion_diffkd.plugin.jobs_widget import JobsWidget
     from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
 
@@ -179,6 +228,8 @@ def shot_project_and_jobs(root: Path) -> None:
         panel.raise_()
         panel.parentWidget().raise_()
         save(viewer, "project.png")
+        if not jobs:
+            return
 
         viewer, panel = _project(root, Path(tmp) / "second")
         panel.next_image()
@@ -209,7 +260,8 @@ def shot_correction(root: Path) -> None:
     seg.run()
     wait(lambda: seg.worker is None)
     for role in ("samples", "uncertainty"):
-        seg.last_layers[role].visible = False
+        if role in seg.last_layers:
+            seg.last_layers[role].visible = False
     w = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(w, name="Correct segmentation", area="right")
     wait(lambda: w.backend is not None)
@@ -241,7 +293,8 @@ def shot_sam_correction(root: Path) -> None:
     seg.run()
     wait(lambda: seg.worker is None)
     for role in ("samples", "uncertainty"):
-        seg.last_layers[role].visible = False
+        if role in seg.last_layers:
+            seg.last_layers[role].visible = False
     consensus = seg.last_layers["consensus"]
     w = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(w, name="Correct segmentation", area="right")
@@ -271,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None,
                         help="segment | compare | project | correction (default: all)")
+    parser.add_argument("--skip", default="", help="comma-separated shots to leave out")
     # "correction" takes both correction shots (proposal, and SAM with box and clicks).
     args = parser.parse_args(argv)
     root = find_data_root()
@@ -280,15 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     import napari_lesion_diffkd.core.registry  # noqa: F401  (torch first: pickers fill at once)
 
-    only = args.only
+    only, skip = args.only, set(args.skip.split(","))
     for modality in SHOTS:
-        if only in (None, "segment"):
+        if only in (None, "segment") and "segment" not in skip:
             shot_segment(root, modality)
-        if only in (None, "compare"):
+        if only in (None, "compare") and "compare" not in skip:
             shot_compare(root, modality)
-    if only in (None, "project", "jobs"):
-        shot_project_and_jobs(root)
-    if only in (None, "correction"):
+    if only in (None, "project", "jobs") and not {"project", "jobs"} <= skip:
+        shot_project_and_jobs(root, jobs="jobs" not in skip)
+    if only in (None, "correction") and "correction" not in skip:
         shot_correction(root)
         shot_sam_correction(root)
     return 0

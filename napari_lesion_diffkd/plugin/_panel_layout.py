@@ -17,6 +17,7 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QDockWidget,
     QFrame,
     QLabel,
@@ -28,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 PANEL_MARK = "_lesion_diffkd_panel"  # attribute set on every panel of this plugin
+MAX_WIDTH = 460  # a panel's minimum width at most: the canvas keeps ~560 px on 1366
 
 
 def make_scrollable(panel: QWidget) -> QScrollArea:
@@ -36,14 +38,28 @@ def make_scrollable(panel: QWidget) -> QScrollArea:
     layout = panel.layout()
     content = QWidget()
     content.setLayout(layout)  # reparents the layout's widgets to ``content``
+    for combo in content.findChildren(QComboBox):
+        # Long items (model names, paths) must not set the panel's width: the combo shows
+        # what fits and its popup the whole text.
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(min(combo.minimumContentsLength() or 10, 10))
+        combo.setSizePolicy(QSizePolicy.Expanding, combo.sizePolicy().verticalPolicy())
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+    # No sideways scrolling: the content takes the dock's width (combos and info lines are
+    # elided to fit); it scrolls vertically only.
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
     scroll.setWidget(content)
+    for label in content.findChildren(QLabel):
+        if not isinstance(label, ElidedLabel) and not label.wordWrap() and label.text():
+            label.setWordWrap(True)  # long status / detection lines wrap, not widen
     outer = QVBoxLayout(panel)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)
+    # As wide as the content needs (so nothing is cut at the right), at most MAX_WIDTH.
+    need = content.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+    panel.setMinimumWidth(min(need + 4, MAX_WIDTH))
     setattr(panel, PANEL_MARK, True)
     panel.setMinimumHeight(120)  # a dock may be short: the content scrolls
     _TabifyOnShow(panel)
@@ -58,12 +74,14 @@ def tabify_with_siblings(panel: QWidget) -> bool:
     if dock is None or window is None or dock.isFloating():
         return False
     area = window.dockWidgetArea(dock)
+    # Open docks of this plugin in the same area (a tab that is not current is not
+    # "visible", but its toggle action is checked).
     siblings = [d for d in window.findChildren(QDockWidget)
-                if d is not dock and not d.isFloating() and d.isVisible()
+                if d is not dock and not d.isFloating() and d.toggleViewAction().isChecked()
                 and window.dockWidgetArea(d) == area and _is_panel_dock(d)]
-    if not siblings or dock in window.tabifiedDockWidgets(siblings[-1]):
+    if not siblings or dock in window.tabifiedDockWidgets(siblings[0]):
         return False
-    window.tabifyDockWidget(siblings[-1], dock)
+    window.tabifyDockWidget(siblings[0], dock)  # always the same group
     dock.show()
     dock.raise_()
     return True
@@ -78,8 +96,9 @@ class _TabifyOnShow(QObject):
         panel.installEventFilter(self)
 
     def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt API)
-        if obj is self._panel and event.type() == QEvent.Show:
-            self._panel.removeEventFilter(self)
+        panel = getattr(self, "_panel", None)  # None while Qt tears the panel down
+        if panel is not None and obj is panel and event.type() == QEvent.Show:
+            panel.removeEventFilter(self)
             QTimer.singleShot(0, self._tabify)
         return False
 

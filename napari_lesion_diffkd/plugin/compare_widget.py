@@ -241,7 +241,7 @@ class CompareWidget(QWidget):
                          group="compare", roles=("uncertainty", "consensus"))
             self._image_view(image, run.label)
         for role, run in zip(ROLES, result.runs):
-            self._caption(image, run.label, f"{role}: {run.label}  ({run.seconds:.2f} s)")
+            self._caption(image, run.label, f"{role}: {run.label}")
         self.table.setRowCount(len(result.runs))
         self.table.setVerticalHeaderLabels([run.label for run in result.runs])
         for row, run in enumerate(result.runs):
@@ -270,17 +270,20 @@ class CompareWidget(QWidget):
         self.viewer.add_image(image.data, **kwargs)  # shares the data: no copy
 
     def _caption(self, image: Any, model: str, text: str) -> None:
-        """A text label at the image's top-left corner, the caption of this model's cell."""
+        """A text label centred above the image, the caption of this model's cell."""
         from napari_lesion_diffkd.plugin._layer_ops import find_managed
         from napari_lesion_diffkd.plugin._layers import model_meta
 
         layer = find_managed(self.viewer, image.name, "caption", "compare", model)
-        text_style = {"string": [text], "anchor": "upper_left", "color": "white",
-                      "size": 11, "translation": [4.0, 4.0]}
+        height = float(np.asarray(image.data).shape[image.ndim - 2])
+        # Centred just above the image (the anchor centres the text on the point).
+        text_style = {"string": [text], "anchor": "center", "color": "white",
+                      "size": 8, "translation": [-0.04 * height, 0.0]}
         if layer is not None:
             layer.text = text_style
             return
-        corner = np.zeros((1, image.ndim))  # pixel (0, 0[, 0]) in the image's frame
+        corner = np.zeros((1, image.ndim))  # the top edge's middle, in the image's frame
+        corner[0, -1] = (np.asarray(image.data).shape[image.ndim - 1] - 1) / 2.0
         if image.ndim == 3:  # a volume: on the compared slice
             corner[0, 0] = self._target.get("z") or 0
         scale, translate = list(image.scale), list(image.translate)
