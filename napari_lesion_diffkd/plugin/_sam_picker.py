@@ -163,13 +163,19 @@ def list_training_sams(project_models: Any,
 
     rows = [(Path(p).name, str(p), BUNDLE) for p in user_bundles if is_sam_bundle(p)]
     for label, target in sam_choices(project_models):
-        if target == "medsam-lite":  # fine-tuning LiteMedSAM is not supported yet
-            continue
+        if target == "medsam-lite":  # its own start config (_sam_job_form), after the
+            continue                 # default small SAM: a cheap fine-tune comes first
         info = OFFICIAL_CHECKPOINTS.get(target)
         if info is None:
             rows.append((label, target, BUNDLE))
         elif (sam_cache_dir() / info.filename).is_file():
             rows.append((label, target, CHECKPOINT))
+    from napari_lesion_diffkd.core.sam import medsam_lite
+
+    if medsam_lite.is_available():
+        after = [i for i, row in enumerate(rows) if row[1] == "lesion-sam-tiny"]
+        rows.insert(after[0] + 1 if after else len(rows),
+                    (medsam_lite.NAME, medsam_lite.NAME, BUNDLE))
     return rows
 
 

@@ -175,9 +175,11 @@ def _sam_class() -> type:
         """``Sam`` with LiteMedSAM's input normalisation (see the module docstring)."""
 
         def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-            """(B, 3, H', W') resized image, any scale -> (B, 3, 256, 256) in [0, 1]."""
-            lo = x.amin(dim=(1, 2, 3), keepdim=True)
-            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            """(B, 3, H', W') or (3, H', W') (as ``Sam.preprocess``; training passes one
+            image at a time) resized image, any scale -> (..., 3, 256, 256) in [0, 1], min and
+            max taken per image."""
+            lo = x.amin(dim=(-3, -2, -1), keepdim=True)
+            hi = x.amax(dim=(-3, -2, -1), keepdim=True)
             x = (x - lo) / (hi - lo).clamp_min(1e-8)
             size = self.image_encoder.img_size
             h, w = x.shape[-2:]
