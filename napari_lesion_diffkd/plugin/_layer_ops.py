@@ -77,7 +77,26 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
 
     Returns:
         ``{role: layer}`` for the roles shown.
+
+    The interaction log (``_interaction_log``) records the write as a ``model`` event of
+    the consensus layer, with the model call (a cached result, 0 s, is marked so).
     """
+    from napari_lesion_diffkd.plugin._interaction_log import interaction_log
+
+    log = interaction_log(viewer)
+    seconds = float(getattr(result, "seconds", 0.0) or 0.0)
+    log.note(image_layer.name, "model", {"model": model, "group": group, "z": z,
+                                         "seconds": round(seconds, 4),
+                                         "cached": seconds == 0.0})
+    with log.cause("model", {"model": model, "group": group}):
+        return _apply_result(viewer, result, image_layer, z, model, group, before_replace,
+                             roles, samples_layer)
+
+
+def _apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
+                  z: int | None, model: str | None, group: str,
+                  before_replace: Callable[[Any], None] | None, roles: tuple[str, ...],
+                  samples_layer: bool | None) -> dict[str, Any]:
     scale, translate, _ = spatial_transform(image_layer)
     tuples = result_layer_tuples(result, image_layer.name, scale, translate, model, group,
                                  full_samples=z is not None)

@@ -5,7 +5,8 @@ the annotation queue of the newest finished active-learning round
 (``core.active_learning.rounds.annotation_queue``), else the ``ranking`` of the newest finished
 ``score`` job (``core.tasks.predict``: most uncertain first). Images it does not list
 (labelled or added since) follow by id. Statuses: ``human`` (a person's label exists),
-``pseudo`` (only model / pseudo labels), ``unlabelled``.
+``pseudo`` (only model / pseudo labels), ``unlabelled``. The confidence badge comes from the
+newest stored prediction's ``sample_disagreement`` (``_guidance.confidence_badge``).
 
 :func:`load_for_viewing` runs in a worker thread and opens its own store: one SQLite
 connection per thread (``core.store.project``).
@@ -24,13 +25,15 @@ SCORE_KEY = "sample_disagreement"
 
 @dataclass(frozen=True)
 class QueueRow:
-    """One image of the queue: store id and name, its score (None if never scored) and
-    its status (``human`` | ``pseudo`` | ``unlabelled``)."""
+    """One image of the queue: store id and name, its score (None if never scored), its
+    status (``human`` | ``pseudo`` | ``unlabelled``) and its confidence badge (``high`` |
+    ``medium`` | ``low``, ``""`` without a stored prediction)."""
 
     image_id: int
     name: str
     score: float | None
     status: str
+    confidence: str = ""
 
 
 def stored_ranking(store: Any) -> tuple[list[int], dict[int, float | None]] | None:
@@ -55,9 +58,12 @@ def queue_rows(store: Any) -> list[QueueRow]:
     kinds: dict[int, set[str]] = {}
     for version in store.label_versions():
         kinds.setdefault(version.image_id, set()).add(version.kind)
+    from napari_lesion_diffkd.plugin._guidance import confidence_badge
+
     latest_scores: dict[int, float | None] = {}
     for prediction in store.predictions():  # oldest first: the newest wins
         latest_scores[prediction.image_id] = prediction.scores.get(SCORE_KEY)
+    badges = {i: confidence_badge(score) for i, score in latest_scores.items()}
     ranked = stored_ranking(store)
     order = [img.id for img in images]
     if ranked is not None:
@@ -73,7 +79,7 @@ def queue_rows(store: Any) -> list[QueueRow]:
         status = "human" if found & {"human", "sam-assisted"} else \
             ("pseudo" if found else "unlabelled")
         rows.append(QueueRow(image_id, by_id[image_id].name, latest_scores.get(image_id),
-                             status))
+                             status, badges.get(image_id, "")))
     return rows
 
 

@@ -22,6 +22,12 @@ since it was asked for is dropped (stale). The start mask is the proposal as it 
 the first prompt (brush edits made before prompting count), so removing every prompt
 restores it; brush edits after a prompt are replaced by the next prompt's mask.
 
+Guidance (``_guidance``): "Next uncertain region" (Shift-N) centres and zooms the view on the
+most uncertain region of the image's uncertainty layer not yet reviewed and marks it
+reviewed; "Accept as is" (Shift-Enter) accepts the proposal, or the chosen start (the
+consensus by default) when no proposal is open, without any prompt. Every prompt, model
+call, accept and undo / redo goes to the project's interaction log (``_interaction_log``).
+
 Background embedding: as soon as an image is shown (chosen in the panel, a SAM loaded, a
 proposal started), its embedding is computed in a worker (``_sam_prefetch.
 EmbeddingPrefetch``), so a prompt then runs only the decoder; "Cancel embedding" stops it,
@@ -30,6 +36,7 @@ and a prompt given before it is ready is answered as soon as it is.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,7 +86,9 @@ class CorrectionWidget(QWidget):
     Public attributes used by tests and scripts: ``image_combo``, ``source_combo``,
     ``sample_spin``, ``start_button``, ``sam_models`` (:class:`SamModelBox`),
     ``live_check``, ``refine_button``, ``negative_check``, ``accept_button``,
-    ``reject_button``, ``undo_button``, ``redo_button``, ``status``, ``backend``,
+    ``reject_button``, ``undo_button``, ``redo_button``, ``next_region_button``,
+    ``accept_as_is_button``, ``guide`` (:class:`._guidance.RegionGuide`), ``log``
+    (:class:`._interaction_log.InteractionLog`), ``status``, ``backend``,
     ``worker`` (the running prompt request), ``proposals`` (backend answers
     shown), ``dropped`` (stale answers dropped), ``is_busy``, ``prefetch``
     (:class:`EmbeddingPrefetch`), ``cancel_embed_button``, ``embed_status``.
@@ -88,9 +97,14 @@ class CorrectionWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, autoload_sam: bool = True) -> None:
         super().__init__()
         from napari_lesion_diffkd.plugin._context import app_context
+        from napari_lesion_diffkd.plugin._guidance import RegionGuide
+        from napari_lesion_diffkd.plugin._interaction_log import interaction_log
 
         self.viewer = napari_viewer
         self.context = app_context(napari_viewer)
+        self.log = interaction_log(napari_viewer)
+        self.guide = RegionGuide(napari_viewer)
+        self._asked_at = 0.0
         self.backend: Any = None
         self.worker: Any = None
         self.proposals = 0
@@ -129,6 +143,16 @@ class CorrectionWidget(QWidget):
         self.undo_button.setToolTip("Undo the last change of the label layer: an accept or "
                                     "a brush stroke (the same history as napari's Ctrl-Z)")
         self.redo_button.setToolTip("Redo the last undone change of the label layer")
+        from napari_lesion_diffkd.plugin._guidance import ACCEPT_AS_IS_KEY, NEXT_REGION_KEY
+
+        self.next_region_button = QPushButton(f"Next uncertain region ({NEXT_REGION_KEY})")
+        self.next_region_button.setToolTip(
+            "Centre and zoom on the most uncertain region not yet reviewed (from the "
+            "image's uncertainty layer) and mark it reviewed")
+        self.accept_as_is_button = QPushButton(f"Accept as is ({ACCEPT_AS_IS_KEY})")
+        self.accept_as_is_button.setToolTip(
+            "Accept the proposal, or the chosen start (consensus) when none is open, "
+            "without prompting")
         self.status = QLabel("segment an image, then start a proposal")
         self.status.setWordWrap(True)
 
@@ -142,6 +166,8 @@ class CorrectionWidget(QWidget):
         grid.addWidget(self.reject_button, 0, 1)
         grid.addWidget(self.undo_button, 1, 0)
         grid.addWidget(self.redo_button, 1, 1)
+        grid.addWidget(self.next_region_button, 2, 0)
+        grid.addWidget(self.accept_as_is_button, 2, 1)
         layout = QVBoxLayout(self)
         for item in (form, self.start_button, self.backend_label, self.embed_status,
                      self.cancel_embed_button, self.live_check,
@@ -162,6 +188,15 @@ class CorrectionWidget(QWidget):
         self.reject_button.clicked.connect(self.reject)
         self.undo_button.clicked.connect(self.undo)
         self.redo_button.clicked.connect(self.redo)
+        self.next_region_button.clicked.connect(self.next_region)
+        self.accept_as_is_button.clicked.connect(self.accept_as_is)
+        import weakref
+
+        me = weakref.ref(self)  # the viewer's keymap must not keep a closed panel alive
+        napari_viewer.bind_key(NEXT_REGION_KEY, lambda _v: (w := me()) and w.next_region(),
+                               overwrite=True)
+        napari_viewer.bind_key(ACCEPT_AS_IS_KEY, lambda _v: (w := me()) and w.accept_as_is(),
+                               overwrite=True)
         self.negative_check.toggled.connect(self._on_negative)
         self.sam_models.loaded.connect(self.set_backend)
         self.sam_models.failed.connect(self.status.setText)
@@ -281,7 +316,8 @@ class CorrectionWidget(QWidget):
             return None
         target = self._target(image)
         self._watch(target)
-        write_labels(target, proposal.data)  # one step of the layer's own undo history
+        with self.log.cause("accept", {"refined": self._refined}):
+            write_labels(target, proposal.data)  # one step of the layer's own undo history
         if self._refined:  # the store records prompt-made labels as their own kind
             marker = dict(target.metadata.get(META_KEY, {}))
             marker["save_kind"] = "sam-assisted"
@@ -290,6 +326,33 @@ class CorrectionWidget(QWidget):
         self.status.setText(f"accepted into {target.name} (Undo to revert)")
         self._sync_buttons()
         return target
+
+    def accept_as_is(self) -> Any:
+        """Accept without prompting: the open proposal, else the chosen start (the
+        consensus by default) right away; returns the target layer."""
+        image = self._image()
+        if image is None:
+            return None
+        if self._proposal(image) is None and self.start() is None:
+            return None
+        with self.log.cause("accept", {"as_is": True}):
+            return self.accept()
+
+    def next_region(self) -> dict[str, Any] | None:
+        """Centre and zoom on the most uncertain region not yet reviewed (see
+        ``_guidance.RegionGuide``); returns its description, or None."""
+        image = self._image()
+        if image is None:
+            return None
+        shown = self.guide.next_region(image)
+        if shown is None:
+            found = self.guide.queue(image)
+            self.status.setText("no uncertainty map: segment the image first" if found is None
+                                else "every uncertain region was reviewed")
+            return None
+        self.status.setText(f"uncertain region {shown['reviewed']} ({shown['pixels']} px, "
+                            f"{shown['left']} left): correct it or go on")
+        return shown
 
     def reject(self) -> None:
         """Drop the proposal; the target layer is unchanged."""
@@ -313,6 +376,8 @@ class CorrectionWidget(QWidget):
         if action is not None and str(getattr(action, "value", action)) not in _DONE_ACTIONS:
             return  # "adding", "changing": the change is not finished yet
         self._generation += 1
+        if str(getattr(action, "value", action)) == "added":
+            self._log_prompt(getattr(event, "source", None))
         if self.backend is not None and self.live_check.isChecked():
             self._debounce.start()  # restarts: one request per quiet period
 
@@ -340,6 +405,7 @@ class CorrectionWidget(QWidget):
             self.status.setText("no prompts: back to the start mask")
             return
         backend = self.backend
+        self._asked_at = time.monotonic()
         self._inflight = (backend, proposal, z, self._generation, self._epoch,
                           self.live_check.isChecked())
         # Bound methods, not closures: Qt drops them if this panel is deleted first.
@@ -350,16 +416,23 @@ class CorrectionWidget(QWidget):
 
     def _on_proposed(self, mask: Any) -> None:
         backend, proposal, z, generation, epoch, live = self._inflight
-        if (epoch != self._epoch or proposal not in self.viewer.layers
-                or (live and generation != self._generation)):
+        stale = (epoch != self._epoch or proposal not in self.viewer.layers
+                 or (live and generation != self._generation))
+        call = {"model": backend.name, "seconds": round(time.monotonic() - self._asked_at, 4),
+                "stale": stale, "z": z}
+        if stale:
             self.dropped += 1  # stale: the prompts or the proposal changed meanwhile
+            self.log.note(proposal.metadata.get("lesion_diffkd", {}).get("image", ""),
+                          "model", call)
             return
         mask = np.asarray(mask, bool).astype(proposal.data.dtype)
-        if z is None:
-            proposal.data = mask
-        else:
-            proposal.data[z] = mask
-            proposal.refresh()
+        self.log.note(proposal.metadata["lesion_diffkd"]["image"], "model", call)
+        with self.log.cause("model", {"model": backend.name}):
+            if z is None:
+                proposal.data = mask
+            else:
+                proposal.data[z] = mask
+                proposal.refresh()
         self._refined = True
         self.proposals += 1
         last = getattr(backend, "last", None)
@@ -467,9 +540,25 @@ class CorrectionWidget(QWidget):
         if target is None or not able(target):
             self.status.setText(f"nothing to {verb}")
             return
-        getattr(target, verb)()
+        with self.log.cause(verb):
+            getattr(target, verb)()
         self.status.setText(f"{verb} on {target.name}")
         self._sync_buttons()
+
+    def _log_prompt(self, layer: Any) -> None:
+        """One ``prompt`` event per point clicked or box drawn (the interaction log)."""
+        from napari_lesion_diffkd.plugin._layers import managed
+
+        marker = managed(layer) if layer is not None else None
+        if not marker or not len(layer.data):
+            return
+        if marker.get("role") == "prompts":
+            positive = layer.features["positive"] if "positive" in layer.features else None
+            data = {"type": "point", "point": np.asarray(layer.data[-1], float).tolist(),
+                    "positive": bool(positive.iloc[-1]) if positive is not None else True}
+        else:
+            data = {"type": "box", "box": np.asarray(layer.data[-1], float).tolist()}
+        self.log.note(str(marker.get("image")), "prompt", data)
 
     def _drop_proposal(self, image: Any) -> None:
         self._debounce.stop()

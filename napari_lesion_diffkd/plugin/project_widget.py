@@ -11,6 +11,9 @@
 * Nothing is lost: an edited label or consensus is saved automatically when another image
   is opened, when the layer is removed, when a new run is about to overwrite it, and when
   the viewer closes.
+* Every save is linked to the image's interaction log (``_interaction_log``: the strokes,
+  prompts, accepts and undos that made it), so ``lesion-diffkd project replay`` can rebuild
+  it; the queue shows a confidence badge per image (``_guidance.confidence_badge``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class ProjectWidget(QWidget):
 
         self.viewer = napari_viewer
         self.context = app_context(napari_viewer)
+        from napari_lesion_diffkd.plugin._interaction_log import interaction_log
+
+        self.log = interaction_log(napari_viewer)  # tracks the label layers from now on
         self.save_queue: Any = None
         self.worker: Any = None
         self.current: dict[str, Any] | None = None
@@ -267,6 +273,7 @@ class ProjectWidget(QWidget):
         # "sam-assisted" when the correction panel accepted a prompt-refined mask into it.
         item = PendingSave(self.current["id"], labels, marker.get("save_kind", "human"),
                            note, layer.name)
+        self.log.mark_save(item, layer)  # the log up to here rebuilds this save
         if marker:
             set_clean(layer)  # its content is now on its way to the store
         self.status.setText(f"saving {self.current['name']}...")
@@ -338,6 +345,7 @@ class ProjectWidget(QWidget):
             layer.metadata = {**layer.metadata, **meta}
 
     def _on_saved(self, item: Any, version: Any) -> None:
+        self.log.link_save(item, version)
         self.status.setText(f"saved label v{version.id} ({version.kind}) of image "
                             f"{item.image_id}: {item.note}")
         current = self.current

@@ -57,11 +57,14 @@ def write_label_file(path: Path, labels: np.ndarray, spacing: tuple[float, ...])
 
 
 def read_label_file(path: Path) -> np.ndarray:
-    """Label ids as written by :func:`write_label_file`: (Y, X) or (Z, Y, X), uint8/uint16."""
+    """Label ids as written by :func:`write_label_file`: (Y, X) or (Z, Y, X), uint8/uint16,
+    writable (a label opened in the app is painted on; the PNG reader's array is not)."""
     from napari_lesion_diffkd.core.data.readers import read_image
 
     data = read_image(path).data
-    return data if data.dtype in (np.uint8, np.uint16) else data.astype(np.uint16)
+    if data.dtype not in (np.uint8, np.uint16):
+        return data.astype(np.uint16)
+    return data if data.flags.writeable else data.copy()
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
