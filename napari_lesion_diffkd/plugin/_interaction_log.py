@@ -274,7 +274,8 @@ class InteractionLog:
         except (StoreError, OSError) as exc:
             recorder.give_back(events)
             self.store_errors += 1
-            log.warning("interaction log not stored yet (%s)", exc)
+            if self.store_errors == 1:  # once: the events wait, the GUI goes on
+                log.warning("interaction log not stored yet, kept in memory (%s)", exc)
 
 
 _LOGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
