@@ -5,6 +5,11 @@ paths against the project folder, or a dict of its fields), ``overrides`` (dict 
 e.g. ``max_steps``, ``max_minutes``, ``lora_rank``, ``base``), ``data`` (dataset folders;
 default: the project's human labels, exported once into the job folder, as for ``train``),
 ``register`` (default true), plus ``device`` / ``threads``.
+
+``base: medsam-lite`` fine-tunes LiteMedSAM on the project's labels the same way (the Jobs
+panel starts from ``training.medsam_lite_start_config()``: frozen encoder, embeddings cached
+in the job's run folder, so a resumed job re-encodes nothing); the registered version stores
+only its trained tensors and names medsam-lite by SHA-256.
 """
 
 from __future__ import annotations
