@@ -79,6 +79,7 @@ class InteractionLog:
         self._notes: dict[str, SessionRecorder] = {}
         self._causes: list[tuple[str, dict[str, Any]]] = []
         self._saves: dict[int, tuple[Any, _Tracked, int]] = {}
+        self._futures: dict[int, Any] = {}
         self.store_errors = 0
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
@@ -129,11 +130,26 @@ class InteractionLog:
         self._saves[id(item)] = (item, tracked, seq)
         self._persist(tracked.image, tracked.recorder)
 
+    def saving(self, item: Any, future: Any) -> None:
+        """The save queue's Future for ``item`` (see :meth:`link_finished`)."""
+        if id(item) in self._saves:
+            self._futures[id(item)] = future
+
+    def link_finished(self) -> None:
+        """Link every save whose write is done (the viewer closes: the queue's ``saved``
+        signals may not be delivered any more)."""
+        for key, (item, _tracked, _seq) in list(self._saves.items()):
+            future = self._futures.get(key)
+            if future is not None and future.done() and future.result() is not None:
+                self.link_save(item, future.result())
+
     def link_save(self, item: Any, version: Any) -> None:
         """The save of ``item`` became label ``version`` (a ``LabelVersion``)."""
-        entry = self._saves.pop(id(item), None)
+        entry = self._saves.get(id(item))
         if entry is None or entry[0] is not item:
             return
+        del self._saves[id(item)]
+        self._futures.pop(id(item), None)
         _, tracked, seq = entry
         tracked.recorder.saved(seq, version.id, {"kind": version.kind})
         self._persist(tracked.image, tracked.recorder)

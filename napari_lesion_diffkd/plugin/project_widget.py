@@ -277,7 +277,9 @@ class ProjectWidget(QWidget):
         if marker:
             set_clean(layer)  # its content is now on its way to the store
         self.status.setText(f"saving {self.current['name']}...")
-        return self.save_queue.submit(item)
+        future = self.save_queue.submit(item)
+        self.log.saving(item, future)
+        return future
 
     # -- callbacks (GUI thread) ----------------------------------------------------------
     def _on_project_changed(self, path: Any) -> None:
@@ -381,6 +383,7 @@ class ProjectWidget(QWidget):
         self.autosave("viewer closing")
         if self.save_queue is not None:
             self.save_queue.flush()
+            self.log.link_finished()  # the saved signals may never arrive while closing
 
     def _refresh_sources(self, *_: Any) -> None:
         current = self.source_combo.currentText()

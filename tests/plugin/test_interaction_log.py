@@ -184,3 +184,14 @@ def test_next_region_accept_as_is_and_the_confidence_badge(panel, qtbot, capsys)
     code, out, _ = cli(capsys, "project", "replay", "--image", name, "--version",
                        str(version.id), "--project", str(store.root))
     assert code == 0 and json.loads(out)["different"] == 0
+
+    # The viewer closing: the autosave is linked at once (its saved signal may never come).
+    label = viewer.layers[f"{name} label"]
+    label.paint((30, 30), 1)
+    qtbot.wait(10)
+    panel.on_viewer_closing()
+    newest = store.label_versions(name)[-1]
+    assert newest.id > version.id and "viewer closing" in newest.note
+    code, out, _ = cli(capsys, "project", "replay", "--image", name, "--project",
+                       str(store.root))
+    assert code == 0 and json.loads(out)["version"] == newest.id
