@@ -108,3 +108,27 @@ def test_loading_refuses_incomplete_or_mismatching_files(tmp_path, tiny_sam) -> 
     lora.apply_lora(other, rank=3)
     with pytest.raises(ValueError, match="adapters are"):
         lora.load_lora(path, other)
+
+
+def test_tinyvit_per_head_qkv_gets_q_and_v_updates_in_its_own_layout() -> None:
+    """TinyViT's qkv is [q_h | k_h | v_h] per head: the adapters must land there, k untouched,
+    and merging must reproduce the adapted output."""
+    from napari_lesion_diffkd.core.sam.tiny_vit import WindowAttention
+
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=40, num_heads=4, window=3)
+    ref = nn.Linear(40, 120)
+    ref.load_state_dict(attn.qkv.state_dict())
+    wrapped = lora.LoRAQKV(attn.qkv, rank=2, alpha=2.0, heads=lora._per_head_layout(attn))
+    assert wrapped.heads == 4
+    with torch.no_grad():
+        for p in (wrapped.lora_q_a, wrapped.lora_q_b, wrapped.lora_v_a, wrapped.lora_v_b):
+            p.normal_(0, 0.1)
+        x = torch.randn(6, 40)
+        diff = (wrapped(x) - ref(x)).view(6, 4, 3, 10)
+        assert diff[:, :, 1].abs().max() == 0
+        dq = (x @ (wrapped.lora_q_b @ wrapped.lora_q_a).t()).view(6, 4, 10)
+        dv = (x @ (wrapped.lora_v_b @ wrapped.lora_v_a).t()).view(6, 4, 10)
+        torch.testing.assert_close(diff[:, :, 0], dq)
+        torch.testing.assert_close(diff[:, :, 2], dv)
+        torch.testing.assert_close(wrapped.merged()(x), wrapped(x), rtol=1e-5, atol=1e-5)
