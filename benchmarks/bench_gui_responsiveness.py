@@ -13,6 +13,10 @@ heartbeat's intervals (median, p95) and the longest gap, while:
 * idle: nothing runs (the reference: the timer's own jitter on this machine);
 * first sampling run: the default student's first run (model load in the worker, the result
   layers created on the GUI thread);
+* large image: ``--large-runs`` runs on the PH2 image upscaled to 4000 x 3000 (a working
+  shape, then upsampled maps; the first run creates that image's layers);
+* Compare: ``--compare-runs`` runs of the Compare panel, teacher vs student (the first
+  loads and warms up both models and creates both sets of layers, grid on);
 * sampling, default student / teacher (K = 8): ``--student-runs`` / ``--teacher-runs`` runs
   one after another (the teacher after one unmeasured warm-up run that loads it);
 * training job: a fine-tune of the teacher (1 thread) in its own process
@@ -46,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import update_section  # noqa: E402
 
 TEACHER = "dermoscopy-teacher"
+TARGET_MS = 200  # issue 14: the longest gap on an idle machine
 XVFB_MARK = "_BENCH_GUI_UNDER_XVFB"
 
 
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from napari_lesion_diffkd.core.store import import_folder
     from napari_lesion_diffkd.plugin._context import app_context
     from napari_lesion_diffkd.plugin._qt_guard import guard_none_refcount
+    from napari_lesion_diffkd.plugin.compare_widget import CompareWidget
     from napari_lesion_diffkd.plugin.jobs_widget import JobsWidget
     from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
 
@@ -196,6 +202,37 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append(measure(f"sampling, {student} (default), K = "
                             f"{seg.samples_spin.value()}", heartbeat,
                             segment(args.student_runs), f"{args.student_runs} runs"))
+        if args.large_runs:
+            # A 4000 x 3000 photo (the PH2 image upscaled): computed at a working shape,
+            # its maps upsampled (core/segmenter.py); its first run creates its layers.
+            from skimage.transform import resize
+
+            big = (resize(np.asarray(image), (3000, 4000), order=1, preserve_range=True,
+                          anti_aliasing=False).round().astype(np.uint8))
+            viewer.add_image(big, name="large", rgb=True)
+            seg.select_image("large")
+            rows.append(measure(f"large image 4000 x 3000, {student} (first run on it "
+                                "creates its layers)", heartbeat, segment(args.large_runs),
+                                f"{args.large_runs} runs"))
+            seg.select_image("lesion")
+        if args.compare_runs:
+            compare = CompareWidget(viewer)
+            viewer.window.add_dock_widget(compare, name="Compare", area="right", tabify=True)
+            run_until(lambda: compare.teacher_picker.is_ready
+                      and compare.student_picker.is_ready, 120)
+            compare.image_combo.setCurrentText("lesion")
+
+            def comparing():
+                for _ in range(args.compare_runs):
+                    compare.run()
+                    run_until(lambda: compare.worker is None, 600)
+                if not compare.status.text().startswith("done"):
+                    raise RuntimeError(f"compare failed: {compare.status.text()}")
+
+            rows.append(measure(f"Compare {TEACHER} / {student}, K = 8 (first run loads "
+                                "and warms up both, creates 8 layers, grid on)", heartbeat,
+                                comparing, f"{args.compare_runs} runs"))
+            compare.grid_check.setChecked(False)
         seg.select_model(TEACHER)
         seg.samples_spin.setValue(8)
         segment(1)()  # warm-up: loads the teacher
@@ -258,6 +295,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def target_note(rows: list[dict], load: tuple[float, float, float]) -> str:
+    """The issue-14 target (longest gap <= 200 ms on an idle machine), row by row."""
+    work = [r for r in rows if not r["scenario"].startswith("idle")]
+    met = [r for r in work if r["max_ms"] <= TARGET_MS]
+    missed = [r for r in work if r["max_ms"] > TARGET_MS]
+    idle = next((r for r in rows if r["scenario"].startswith("idle")), None)
+    text = (f"Target: longest gap <= {TARGET_MS} ms on an idle machine. This machine was not "
+            f"idle (load average {load[0]:.2f} at the start"
+            + (f"; the idle row alone reached {idle['max_ms']:.0f} ms" if idle else "")
+            + f"). Met by {len(met)} of {len(work)} scenarios")
+    if missed:
+        text += ("; missed by " + ", ".join(f"{r['scenario'].split(' (')[0]} "
+                                            f"({r['max_ms']:.0f} ms)" for r in missed)
+                 + ": the runs that create new layers, each new napari layer costing the GUI "
+                 "thread a few hundred ms here (spread over event-loop turns, one layer "
+                 "per turn, plugin/_gui_steps.py; the layers of later runs are updated in "
+                 "place)")
+    return text + "."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval-ms", type=int, default=15, help="heartbeat interval")
@@ -265,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-runs", type=int, default=8)
     parser.add_argument("--teacher-runs", type=int, default=4)
     parser.add_argument("--job-s", type=float, default=10.0)
+    parser.add_argument("--large-runs", type=int, default=2, help="4000 x 3000 image runs")
+    parser.add_argument("--compare-runs", type=int, default=2, help="Compare panel runs")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads of the viewer's process (0: default)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -296,11 +355,17 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(rows),
         "",
-        "The first run's long gap is a one-off of each session: napari creating the result "
-        "layers on the GUI thread, their Qt controls and their vispy shaders (compiled and "
-        "linked in software OpenGL under Xvfb; a stack sampled during the stall was in "
-        "`glGetActiveUniform` / `link_program`). The idle row is the reference for what "
-        "the machine itself adds: the same timer, nothing running.",
+        target_note(rows, load),
+        "",
+        "The first run's gap is what napari does on the GUI thread to create the result "
+        "layers: their Qt controls, their vispy visuals and overlays (a labels layer's "
+        "polygon overlay alone took about 0.5 s in a profile) and shaders, compiled in "
+        "software OpenGL under Xvfb. Two former parts of it are gone: napari's first labels "
+        "layer imported pandas on the GUI thread (about 1.1 s), now imported with the "
+        "fusion and STAPLE code in a worker when a panel opens (plugin/_warmup.py), and a "
+        "2D image no longer gets a hidden (K, Y, X) samples layer (a second labels layer "
+        "and a dims slider). Later runs update the layers in place. The idle row is the "
+        "reference for what the machine itself adds: the same timer, nothing running.",
         "",
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), torch "
         f"{torch.get_num_threads()} intra-op threads in the viewer's process, "

@@ -63,6 +63,9 @@ class CompareWidget(QWidget):
         self.last_result: Any = None
         self._target: dict[str, Any] = {}
         self._hidden: list[Any] = []
+        from napari_lesion_diffkd.plugin._gui_steps import GuiSteps
+
+        self._steps = GuiSteps(self, on_error=self._on_error)
 
         self.image_combo = QComboBox()
         self.teacher_picker = ModelPicker(self.context, roles=("teacher", "student", "baseline"))
@@ -236,12 +239,24 @@ class CompareWidget(QWidget):
             return
         image = self.viewer.layers[name]
         self.last_result = result
+        z = self._target["z"]
+        # One layer per event-loop turn (_gui_steps): eight new layers in one slot froze
+        # napari for seconds. The worker counts as running until the last step is done.
+        steps: list[Any] = []
         for run in result.runs:
-            apply_result(self.viewer, run.result, image, z=self._target["z"], model=run.label,
-                         group="compare", roles=("uncertainty", "consensus"))
-            self._image_view(image, run.label)
+            for role in ("uncertainty", "consensus"):
+                steps.append(lambda run=run, role=role: apply_result(
+                    self.viewer, run.result, image, z=z, model=run.label, group="compare",
+                    roles=(role,)))
+            steps.append(lambda run=run: self._image_view(image, run.label))
         for role, run in zip(ROLES, result.runs):
-            self._caption(image, run.label, f"{role}: {run.label}")
+            steps.append(lambda role=role, run=run: self._caption(
+                image, run.label, f"{role}: {run.label}"))
+        steps.append(lambda: self._show_numbers(result))
+        steps.append(lambda: self.show_grid(self.grid_check.isChecked()))
+        self._steps.run(steps)
+
+    def _show_numbers(self, result: Any) -> None:
         self.table.setRowCount(len(result.runs))
         self.table.setVerticalHeaderLabels([run.label for run in result.runs])
         for row, run in enumerate(result.runs):
@@ -253,7 +268,6 @@ class CompareWidget(QWidget):
         self.dice_label.setText(f"Dice between the consensus masks: {result.dice:.3f}")
         self.status.setText(f"done: {result.runs[0].label} {result.runs[0].seconds:.2f} s, "
                             f"{result.runs[1].label} {result.runs[1].seconds:.2f} s")
-        self.show_grid(self.grid_check.isChecked())
 
     def _image_view(self, image: Any, model: str) -> None:
         """A second image layer over the same array, for this model's grid cell."""
@@ -312,6 +326,9 @@ class CompareWidget(QWidget):
         self.status.setText(f"error: {exc}")
 
     def _on_finished(self) -> None:
+        self._steps.then(self._finished)  # after the result's layers are all shown
+
+    def _finished(self) -> None:
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

@@ -52,6 +52,9 @@ class SegmentWidget(QWidget):
         self.last_layers: dict[str, Any] = {}
         self.cache = BundleCache()  # loaded models, reused across runs
         self._target: dict[str, Any] = {}
+        from napari_lesion_diffkd.plugin._gui_steps import GuiSteps
+
+        self._steps = GuiSteps(self, on_error=self._on_error)
 
         self.form = SegmentForm(napari_viewer, self.context)
         f = self.form
@@ -179,10 +182,23 @@ class SegmentWidget(QWidget):
             self.status.setText(f"image layer {target['name']!r} was removed: result dropped")
             return
         self.last_result = result
-        self.last_layers = apply_result(
-            self.viewer, result, self.viewer.layers[target["name"]], z=target["z"],
-            model=target["model"], before_replace=self.context.consensus_replacing.emit,
-            samples_layer=True if self.samples_layer_check.isChecked() else None)
+        image = self.viewer.layers[target["name"]]
+        samples_layer = True if self.samples_layer_check.isChecked() else None
+        self.last_layers = {}
+
+        def show(roles: tuple[str, ...]) -> None:
+            self.last_layers.update(apply_result(
+                self.viewer, result, image, z=target["z"], model=target["model"],
+                before_replace=self.context.consensus_replacing.emit, roles=roles,
+                samples_layer=samples_layer))
+
+        # One new layer per event-loop turn (_gui_steps); the run counts as running until
+        # the last is shown. (The samples ride with the consensus, see apply_result.)
+        self._steps.run([lambda: show(("samples", "consensus")),
+                         lambda: show(("uncertainty",)),
+                         lambda: self._show_status(result, target)])
+
+    def _show_status(self, result: Any, target: dict[str, Any]) -> None:
         self.staple_table.show_values(result.sensitivity, result.specificity)
         consensus = np.asarray(result.consensus)
         text = (f"done in {result.seconds:.2f} s with {target['model']}: "
@@ -206,6 +222,9 @@ class SegmentWidget(QWidget):
         self.status.setText("cancelled: no layers changed")
 
     def _on_finished(self) -> None:
+        self._steps.then(self._finished)  # after the result's layers are all shown
+
+    def _finished(self) -> None:
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
