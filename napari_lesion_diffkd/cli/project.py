@@ -12,9 +12,10 @@ line, exit 0 when identical, 1 when different (``different`` = pixel count). ``e
 prints, per image, the prompts, strokes, accepts, undos, model calls and active seconds the
 log holds (a table, or JSON lines with ``--json``).
 
-Exit codes: 0 ok, 1 unhealthy store (check, cleanup) or a replay that differs, 2 errors (no project, a damaged,
-empty, read-only or unopenable database, a full disk, a refused folder): one ``error:``
-line on stderr.
+Exit codes: 0 ok, 1 unhealthy store (check, cleanup) or a replay that differs, 2 errors
+(no project, a damaged, empty, read-only or unopenable database, a full disk, a refused
+folder, an unknown image or label version, a label without a log): one ``error:`` line on
+stderr.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ class SessionRecorder:
         clock: monotonic seconds (tests may pass their own).
     """
 
-    def __init__(self, layer: str | None, base: np.ndarray | None, source: dict[str, Any] | None = None,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(self, layer: str | None, base: np.ndarray | None,
+                 source: dict[str, Any] | None = None, clock: Any = time.monotonic) -> None:
         self.layer = layer
         self.session = unique_name("s")
         self.shadow = None if base is None else np.array(base, copy=True, order="C")
