@@ -80,6 +80,11 @@ def test_diffs_are_compressed_and_large_ones_are_files(project: ProjectStore) ->
     rebuilt = before.copy()
     assert apply_diff(rebuilt, blob) == count and np.array_equal(rebuilt, after)
     assert encode_diff(after, after) == (None, 0)
+    accepted = after.copy()  # an accepted mask: half the image changes (a bit mask)
+    accepted[500:2500, 500:3500] = 2
+    blob, count = encode_diff(after, accepted)
+    assert count > 5_000_000 and len(blob) < 64 * 1024
+    assert apply_diff(rebuilt, blob) == count and np.array_equal(rebuilt, accepted)
 
     # Noise does not compress: it goes to a file under interactions/, which check knows.
     image = project.images()[0]
