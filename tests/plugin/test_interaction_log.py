@@ -195,3 +195,29 @@ def test_next_region_accept_as_is_and_the_confidence_badge(panel, qtbot, capsys)
     code, out, _ = cli(capsys, "project", "replay", "--image", name, "--project",
                        str(store.root))
     assert code == 0 and json.loads(out)["version"] == newest.id
+
+
+def test_next_region_on_a_volume_follows_the_slice(viewer, qtbot) -> None:
+    from napari_lesion_diffkd.plugin._layers import model_meta
+    from napari_lesion_diffkd.plugin.correction_widget import CorrectionWidget
+
+    volume = np.zeros((5, 64, 80), np.float32)
+    image = viewer.add_image(volume, name="ct", scale=(2.5, 0.5, 0.5))
+    uncertainty = np.zeros_like(volume)
+    uncertainty[2, 10:21, 30:41] = 0.9  # slice 2: one region
+    uncertainty[3, 40:51, 60:71] = 0.9  # slice 3: another
+    viewer.add_image(uncertainty, name="ct uncertainty", scale=(2.5, 0.5, 0.5),
+                     metadata=model_meta("uncertainty", "ct"))
+    w = CorrectionWidget(viewer, autoload_sam=False)
+    viewer.window.add_dock_widget(w)
+    w.image_combo.setCurrentText("ct")
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    viewer.dims.set_point(0, 2 * 2.5)
+    shown = w.next_region()
+    assert shown["z"] == 2 and shown["box"] == [10, 30, 20, 40]
+    np.testing.assert_allclose(camera.center[-2:], [7.5, 17.5])
+    assert w.next_region() is None  # the slice's only region was reviewed
+    viewer.dims.set_point(0, 3 * 2.5)
+    shown = w.next_region()
+    assert shown["z"] == 3 and shown["box"] == [40, 60, 50, 70]
+    assert image.ndim == 3 and round(viewer.dims.point[0] / 2.5) == 3
