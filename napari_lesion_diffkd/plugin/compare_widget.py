@@ -144,7 +144,10 @@ class CompareWidget(QWidget):
         if name not in self.viewer.layers:
             return
         layer = self.viewer.layers[name]
-        modality = detect_modality(layer.metadata, bool(getattr(layer, "rgb", False)))
+        # The pixels count too (a gray ultrasound PNG has no metadata); a multiscale layer is
+        # judged on its smallest level, as in the Segment form.
+        data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+        modality = detect_modality(layer.metadata, bool(getattr(layer, "rgb", False)), data)
         for picker in (self.teacher_picker, self.student_picker):
             picker.set_modality(modality)
 

@@ -73,3 +73,19 @@ def test_a_model_of_another_modality_is_warned_about(widget) -> None:
     assert "looks like ct" in note
     assert widget.select_model("ct-teacher")
     assert "\u26a0" not in widget.form.modality_note.text()
+
+
+def test_the_compare_panel_detects_gray_images_from_their_pixels(viewer, qtbot, busbra_pairs,
+                                                                  ct_pairs) -> None:
+    from napari_lesion_diffkd.plugin.compare_widget import CompareWidget
+
+    viewer.add_image(imread(busbra_pairs[0][0]), name="us")  # plain gray PNG, no metadata
+    viewer.add_image(imread(ct_pairs[0][0]), name="ct")
+    w = CompareWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    wait_ready(qtbot, w.teacher_picker, w.student_picker)
+    w.image_combo.setCurrentText("us")
+    assert w.teacher_picker.current().label == "ultrasound-teacher"
+    assert w.student_picker.current().label.startswith("ultrasound-")
+    w.image_combo.setCurrentText("ct")
+    assert w.teacher_picker.current().label == "ct-teacher"
