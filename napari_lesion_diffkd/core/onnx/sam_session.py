@@ -19,7 +19,6 @@ a ``core.sam.prefetch.CancelToken`` (``RunOptions.terminate``).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,20 @@ import numpy as np
 import torch
 
 from napari_lesion_diffkd.core.onnx.cache import cached_sam_onnx
-from napari_lesion_diffkd.core.sam.architectures import low_res_size
 from napari_lesion_diffkd.core.sam.coords import box_region
 from napari_lesion_diffkd.core.sam.inputs import image_to_input, mask_to_prompt_logits
 from napari_lesion_diffkd.core.sam.onnx_export import OnnxDecoder
 from napari_lesion_diffkd.core.sam.prefetch import CancelToken, EncodeCancelled
 from napari_lesion_diffkd.core.sam.session import (
     OUTSIDE_BOX_LOGIT,
+    EmbeddingCache,
     ImageEmbedding,
     PromptResult,
     content_key,
 )
 
 
-class OnnxPromptSession:
+class OnnxPromptSession(EmbeddingCache):
     """Prompting with ONNX Runtime on cached image embeddings.
 
     Args:
@@ -66,11 +65,7 @@ class OnnxPromptSession:
         self.encoder = ort.InferenceSession(str(encoder_path), sess_options=opts,
                                             providers=["CPUExecutionProvider"])
         self.decoder = OnnxDecoder(decoder_path, threads=threads)
-        self.cache_size = max(1, int(cache_size))
-        self._cache: OrderedDict[Hashable, ImageEmbedding] = OrderedDict()
-        self._current: ImageEmbedding | None = None
-        self.encode_count = 0
-        self.last_encode_seconds = 0.0
+        self._init_cache(cache_size)
 
     @classmethod
     def from_loaded(cls, loaded: Any, threads: int | None = None,
@@ -79,25 +74,9 @@ class OnnxPromptSession:
         enc, dec = cached_sam_onnx(loaded)
         return cls(loaded.model.to("cpu"), enc, dec, threads=threads, cache_size=cache_size)
 
-    @property
-    def img_size(self) -> int:
-        return int(self.sam.image_encoder.img_size)
-
-    @property
-    def low_res_hw(self) -> tuple[int, int]:
-        return low_res_size(self.sam)
-
-    @property
-    def current(self) -> ImageEmbedding:
-        if self._current is None:
-            raise RuntimeError("no image set: call set_image(image) first")
-        return self._current
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
-        self._current = None
-
     def is_cached(self, key: Hashable) -> bool:
+        # Only this session has it: the correction backend takes it as the sign of a session
+        # that encodes in one cancellable ONNX Runtime call.
         return key in self._cache
 
     @torch.no_grad()
@@ -112,9 +91,7 @@ class OnnxPromptSession:
 
         image = np.asarray(image)
         key = content_key(image) if key is None else key
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self._current = self._cache[key]
+        if self._use_cached(key):
             return key
         start = time.perf_counter()
         tensor, input_hw = image_to_input(np.ascontiguousarray(image), self.img_size)
@@ -134,10 +111,7 @@ class OnnxPromptSession:
         self.encode_count += 1
         emb = ImageEmbedding(torch.from_numpy(features), input_hw,
                              (int(image.shape[0]), int(image.shape[1])))
-        self._cache[key] = emb
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        self._current = emb
+        self._keep(key, emb)
         return key
 
     def predict(self, points_xy: np.ndarray | None = None,

@@ -87,28 +87,14 @@ def content_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class PromptSession:
-    """Prompting a SAM with points, boxes and mask prompts on cached image embeddings.
+class EmbeddingCache:
+    """The image-embedding cache both prompt sessions share (torch here, ONNX Runtime in
+    ``core.onnx.sam_session``): the least recently used embeddings are dropped first, and
+    the current one is what ``predict`` decodes. Needs ``self.sam`` for the sizes."""
 
-    Args:
-        model: a ``segment_anything`` ``Sam`` or a :class:`LoadedSam`.
-        device: where to run ("cpu", "cuda", ...); the model is moved there.
-        cache_size: embeddings kept (least recently used dropped first).
-        test_time_flip: also encode the left-right mirrored image and average the two
-            answers' logits for prompts without ``mask_logits`` (twice the encoding time, and
-            two decoder calls per prompt). None: the bundle's ``test_time_flip`` config key
-            (on for ``lesion-sam-tiny``, whose encoder costs tens of ms), else off.
-    """
+    sam: nn.Module
 
-    def __init__(self, model: nn.Module | LoadedSam, device: str | torch.device = "cpu",
-                 cache_size: int = 4, test_time_flip: bool | None = None) -> None:
-        if test_time_flip is None:
-            config = model.config if isinstance(model, LoadedSam) else {}
-            test_time_flip = bool(config.get("test_time_flip", False))
-        self.test_time_flip = bool(test_time_flip)
-        sam = model.model if isinstance(model, LoadedSam) else model
-        self.device = torch.device(device)
-        self.sam = sam.to(self.device).eval()
+    def _init_cache(self, cache_size: int) -> None:
         self.cache_size = max(1, int(cache_size))
         self._cache: OrderedDict[Hashable, ImageEmbedding] = OrderedDict()
         self._current: ImageEmbedding | None = None
@@ -133,6 +119,46 @@ class PromptSession:
         self._cache.clear()
         self._current = None
 
+    def _use_cached(self, key: Hashable) -> bool:
+        """Make the cached embedding of ``key`` current; False when it is not cached."""
+        if key not in self._cache:
+            return False
+        self._cache.move_to_end(key)
+        self._current = self._cache[key]
+        return True
+
+    def _keep(self, key: Hashable, emb: ImageEmbedding) -> None:
+        """Cache ``emb`` under ``key`` (dropping the oldest) and make it current."""
+        self._cache[key] = emb
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        self._current = emb
+
+
+class PromptSession(EmbeddingCache):
+    """Prompting a SAM with points, boxes and mask prompts on cached image embeddings.
+
+    Args:
+        model: a ``segment_anything`` ``Sam`` or a :class:`LoadedSam`.
+        device: where to run ("cpu", "cuda", ...); the model is moved there.
+        cache_size: embeddings kept (least recently used dropped first).
+        test_time_flip: also encode the left-right mirrored image and average the two
+            answers' logits for prompts without ``mask_logits`` (twice the encoding time, and
+            two decoder calls per prompt). None: the bundle's ``test_time_flip`` config key
+            (on for ``lesion-sam-tiny``, whose encoder costs tens of ms), else off.
+    """
+
+    def __init__(self, model: nn.Module | LoadedSam, device: str | torch.device = "cpu",
+                 cache_size: int = 4, test_time_flip: bool | None = None) -> None:
+        if test_time_flip is None:
+            config = model.config if isinstance(model, LoadedSam) else {}
+            test_time_flip = bool(config.get("test_time_flip", False))
+        self.test_time_flip = bool(test_time_flip)
+        sam = model.model if isinstance(model, LoadedSam) else model
+        self.device = torch.device(device)
+        self.sam = sam.to(self.device).eval()
+        self._init_cache(cache_size)
+
     @torch.no_grad()
     def set_image(self, image: np.ndarray, key: Hashable | None = None) -> Hashable:
         """Make ``image`` the current image, encoding it unless its key is cached.
@@ -146,9 +172,7 @@ class PromptSession:
         """
         image = np.asarray(image)
         key = content_key(image) if key is None else key
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self._current = self._cache[key]
+        if self._use_cached(key):
             return key
         start = time.perf_counter()
         features, input_hw = self._encode(image)
@@ -157,10 +181,7 @@ class PromptSession:
         self.encode_count += 1
         emb = ImageEmbedding(features, input_hw, (int(image.shape[0]), int(image.shape[1])),
                              flipped)
-        self._cache[key] = emb
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        self._current = emb
+        self._keep(key, emb)
         return key
 
     def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
