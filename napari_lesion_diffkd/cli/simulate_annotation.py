@@ -8,7 +8,12 @@ import argparse
 import json
 import sys
 
-WORKFLOW_NAMES = "sam-first,model-first,uncertainty-guided,teacher-first"
+WORKFLOW_NAMES = "sam-first,model-first,uncertainty-guided,teacher-first,refined-first"
+#: ``core.annotation_sim.triage.SCORES`` and ``DEFAULT_SCORE``, spelled out so that building
+#: the parser imports no core module (a test checks they match).
+TRIAGE_SCORES = ("sample_disagreement", "boundary_entropy", "mean_entropy",
+                 "refine_disagreement", "combined_disagreement")
+DEFAULT_TRIAGE_SCORE = "combined_disagreement"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "app's own segmentation and SAM-correction code, in each workflow: "
                     "sam-first (box, then clicks), model-first (the default student's "
                     "consensus, then clicks), uncertainty-guided (as model-first, clicking "
-                    "where the app's uncertainty map points), teacher-first. Writes "
+                    "where the app's uncertainty map points), teacher-first, refined-first "
+                    "(the consensus refined by SAM from its box with no user prompt). Writes "
                     "summary.json, images.csv, triage.json and settings.json to --out.")
     p.add_argument("--data", required=True,
                    help="dataset folder(s) with images/ and masks/, comma-separated")
@@ -39,14 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="modality of every folder (default: from the folder name / colour)")
     p.add_argument("--images", type=int, default=None,
                    help="at most N images per folder, evenly spaced")
-    p.add_argument("--split", default="validation", choices=("validation", "all"),
-                   help="validation: the project's group split (20%%, seed 0); all: every pair")
+    p.add_argument("--split", default="validation", choices=("validation", "train", "all"),
+                   help="validation: the project's group split (20%%, seed 0); train: the "
+                        "rest; all: every pair")
     p.add_argument("--restart-below", type=float, default=0.5,
                    help="discard a first mask below this Dice for a box (default 0.5)")
     p.add_argument("--uncertainty-threshold", type=float, default=0.5,
                    help="uncertain-region threshold, bits of entropy (default 0.5)")
-    p.add_argument("--triage-score", default="sample_disagreement",
-                   choices=("sample_disagreement", "boundary_entropy", "mean_entropy"))
+    p.add_argument("--triage-score", default=DEFAULT_TRIAGE_SCORE,
+                   choices=TRIAGE_SCORES,
+                   help=f"per-image score the triage ranks by (default {DEFAULT_TRIAGE_SCORE}, "
+                        "chosen on training images)")
     p.add_argument("--samples", type=int, default=None, help="K samples (default: the model's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)

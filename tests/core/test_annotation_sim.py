@@ -203,8 +203,12 @@ def test_the_default_student_with_real_sam_on_real_images(ph2_records, sam_backe
         assert len(trace) == r["prompts"] + 1 <= policy.max_prompts + 1
         assert r["noc@90"] == next((k for k, d in enumerate(trace) if d >= 0.9), 3)
         assert r["seconds"] > 0
+    from napari_lesion_diffkd.core.annotation_sim.triage import DEFAULT_SCORE, SCORES
+
     triage = result.triage["ph2_dermoscopy"]
-    assert triage["images"] == 3 and triage["score"] == "sample_disagreement"
+    assert triage["images"] == 3 and triage["score"] == DEFAULT_SCORE
+    assert set(triage["candidates"]) == set(SCORES)
+    assert len(triage["per_image"]["refine_disagreement"]) == 3
 
 
 def test_the_job_stops_between_yields(ph2_records, sam_backend) -> None:
@@ -235,3 +239,148 @@ def test_a_model_mask_of_the_wrong_size_is_refused(ph2_records, sam_backend) -> 
         run_to_completion(simulate_annotation(
             ph2_records, _models(ph2_records, sam_backend, wrong), ("model-first",),
             Policy(max_prompts=3)))
+
+
+# -- refined-first: the consensus refined by SAM with no prompt ---------------------------------
+@pytest.fixture(scope="module")
+def ph2_case(ph2_records):
+    """One real PH2 validation image and its ground truth: (image, gt, key)."""
+    from napari_lesion_diffkd.core.data.datasets import read_pair
+
+    rec = ph2_records[0]
+    image, gt = read_pair(rec)
+    return image, gt, ("ph2", rec.id)
+
+
+def test_refining_an_eroded_consensus_brings_it_closer_to_the_truth(ph2_case,
+                                                                    sam_backend) -> None:
+    from napari_lesion_diffkd.core.metrics import dice
+    from napari_lesion_diffkd.core.sam.prompts import equivalent_radius, erode_mask
+    from napari_lesion_diffkd.core.sam.refine_proposal import refine_consensus
+
+    image, gt, key = ph2_case
+    eroded = erode_mask(gt, 0.3 * equivalent_radius(gt))  # a too-small consensus
+    assert 0.3 < dice(eroded, gt) < 0.9
+    out = refine_consensus(sam_backend, image, eroded, key)
+    assert out.mask.shape == gt.shape and out.mask.dtype == bool
+    assert out.box is not None and out.box.shape == (4, 2)
+    assert out.source == "refined" and np.array_equal(out.mask, out.refined)
+    assert dice(out.mask, gt) >= dice(eroded, gt) + 0.05
+    assert out.agreement == pytest.approx(dice(eroded, out.refined))
+    assert np.isfinite(out.sam_score)
+
+
+class _NoSam:
+    """A backend that must not be asked (nothing to refine)."""
+
+    def propose(self, request):
+        raise AssertionError("SAM was asked about an empty consensus")
+
+
+def test_an_empty_consensus_is_shown_as_is_and_ranks_first() -> None:
+    from napari_lesion_diffkd.core.sam.refine_proposal import refine_consensus
+
+    empty = np.zeros((30, 40), dtype=bool)
+    out = refine_consensus(_NoSam(), np.zeros((30, 40, 3), np.uint8), empty, "k")
+    assert out.source == "consensus" and not out.mask.any() and out.box is None
+    assert out.disagreement == 1.0
+    with pytest.raises(ValueError, match="does not match the image"):
+        refine_consensus(_NoSam(), np.zeros((30, 40), np.uint8), empty[:10], "k")
+
+
+class _FarAway:
+    """A backend answering every request with a mask elsewhere (SAM on another object)."""
+
+    def __init__(self, answer):
+        self.answer, self.last = answer, None
+
+    def propose(self, request):
+        assert request.box is not None and not len(request.points)
+        return self.answer
+
+
+def test_a_refined_mask_that_disagrees_is_not_shown() -> None:
+    from napari_lesion_diffkd.core.sam.refine_proposal import refine_consensus
+
+    consensus = np.zeros((40, 40), dtype=bool)
+    consensus[5:15, 5:15] = True
+    other = np.zeros_like(consensus)
+    other[25:35, 25:35] = True
+    out = refine_consensus(_FarAway(other), np.zeros((40, 40), np.uint8), consensus, "k")
+    assert out.source == "consensus" and np.array_equal(out.mask, consensus)
+    assert out.agreement == 0.0 and np.isnan(out.sam_score)
+
+
+def test_refine_disagreement_ranks_a_corrupted_consensus_above_a_good_one(
+        ph2_case, sam_backend) -> None:
+    from napari_lesion_diffkd.core.annotation_sim.triage import with_refine_scores
+    from napari_lesion_diffkd.core.sam.refine_proposal import refine_consensus
+
+    image, gt, key = ph2_case
+    corrupted = gt.copy()
+    h, w = gt.shape
+    # A false-positive block in the image corner farthest from the lesion.
+    rows, cols = np.nonzero(gt)
+    r0 = 0 if rows.mean() > h / 2 else h - h // 5
+    c0 = 0 if cols.mean() > w / 2 else w - w // 5
+    corrupted[r0:r0 + h // 5, c0:c0 + w // 5] = True
+    good = refine_consensus(sam_backend, image, gt, key)
+    bad = refine_consensus(sam_backend, image, corrupted, key)
+    assert bad.disagreement > good.disagreement + 0.1
+    scores = with_refine_scores({"sample_disagreement": 0.2}, bad.disagreement)
+    assert scores["refine_disagreement"] == pytest.approx(bad.disagreement)
+    assert scores["combined_disagreement"] == pytest.approx((0.2 + bad.disagreement) / 2)
+
+
+def test_refined_first_never_needs_more_prompts_than_sam_first_when_it_restarts(
+        ph2_records, sam_backend) -> None:
+    """With restart at the target, refined-first is "accept or box": per image it needs
+    0 prompts or exactly what sam-first needs (same box, same clicks)."""
+    from napari_lesion_diffkd.core.annotation_sim import Policy, simulate_annotation
+    from napari_lesion_diffkd.core.annotation_sim.model_setup import build_models
+    from napari_lesion_diffkd.core.jobs import run_to_completion
+
+    models = build_models(ph2_records, sam_backend, "lesion-sam-tiny")
+    result = run_to_completion(simulate_annotation(
+        ph2_records, models, ("sam-first", "refined-first"),
+        Policy(max_prompts=3, restart_below=0.9)))
+    rows = {(r["id"], r["workflow"]): r for r in result.rows}
+    for rec in ph2_records:
+        mine, theirs = rows[(rec.id, "refined-first")], rows[(rec.id, "sam-first")]
+        assert mine["noc@90"] in (0, theirs["noc@90"])
+        if mine["noc@90"]:
+            assert mine["prompt_trace"] == theirs["prompt_trace"]
+        assert mine["first_dice"] > 0.5  # the student's consensus, refined, on PH2
+    assert result.summary["refined-first"]["noc@90"] <= result.summary["sam-first"]["noc@90"]
+    assert 0 <= result.triage["ph2_dermoscopy"]["refined_shown"] <= 1
+
+
+def test_an_unknown_triage_score_is_refused(ph2_records, sam_backend) -> None:
+    from napari_lesion_diffkd.core.annotation_sim import Policy, simulate_annotation
+    from napari_lesion_diffkd.core.jobs import run_to_completion
+
+    with pytest.raises(ValueError, match="unknown triage score"):
+        run_to_completion(simulate_annotation(
+            ph2_records, _models(ph2_records, sam_backend, _perfect_proposer(ph2_records)),
+            ("sam-first",), Policy(max_prompts=3), triage_score="vibes"))
+
+
+def test_the_training_split_is_disjoint_from_validation(data_root: Path) -> None:
+    from napari_lesion_diffkd.core.annotation_sim.inputs import collect_records
+
+    folder = [data_root / "ph2_dermoscopy"]
+    train = {r.id for r in collect_records(folder, "train")}
+    val = {r.id for r in collect_records(folder, "validation")}
+    everything = {r.id for r in collect_records(folder, "all")}
+    assert train and val and not train & val and train | val == everything
+    with pytest.raises(ValueError, match="unknown split"):
+        collect_records(folder, "test")
+
+
+def test_the_cli_spells_the_core_triage_scores() -> None:
+    from napari_lesion_diffkd.cli import simulate_annotation as cli
+    from napari_lesion_diffkd.core.annotation_sim.triage import DEFAULT_SCORE, SCORES
+    from napari_lesion_diffkd.core.annotation_sim.workflows import WORKFLOWS
+
+    assert cli.TRIAGE_SCORES == SCORES and cli.DEFAULT_TRIAGE_SCORE == DEFAULT_SCORE
+    assert tuple(cli.WORKFLOW_NAMES.split(",")) == WORKFLOWS

@@ -14,7 +14,11 @@ The annotator's policy, identical for every workflow
 ------------------------------------------------------
 1. **First mask.** The annotator is shown a first mask: nothing for ``sam-first`` (an empty
    mask, Dice 0); the default student's STAPLE consensus for ``model-first`` and
-   ``uncertainty-guided``; the teacher's for ``teacher-first``.
+   ``uncertainty-guided``; the teacher's for ``teacher-first``; for ``refined-first`` the
+   app's zero-prompt proposal (``core.sam.refine_proposal.refine_consensus``): SAM's answer
+   to a box around the student's consensus (+5%, the consensus as mask prompt where the SAM
+   takes one), shown when it agrees with the consensus (Dice >= 0.5), else the consensus.
+   The app's box is not the annotator's and counts no prompt.
 2. **Accept.** When the current mask's Dice reaches the highest target (0.90 by default)
    the annotator accepts it and stops. With no prompt given, that image is "accepted with no
    prompt".
@@ -47,8 +51,12 @@ The annotator's policy, identical for every workflow
 Counting (``noc.py``): box and click count one prompt each; NoC@t is the first prompt count
 with Dice >= t, 0 for an accepted first mask, ``max_prompts`` for an image that never gets
 there (also counted in ``failed@t``). Model seconds per image: the first model's sampling,
-plus SAM's image encoding (once per image, charged to every workflow that prompted) and every
-decoder call.
+plus SAM's image encoding (once per image, charged to every workflow that prompted, and
+always to ``refined-first``, whose proposal needs it) and every decoder call.
+
+Triage (``triage.py``): the images ranked by a per-image score (``triage.SCORES``; the default
+``triage.DEFAULT_SCORE`` was chosen on training-split images), with the share of bad
+consensus masks (Dice < 0.85) in the most uncertain 10 / 20 / 30%.
 """
 
 from napari_lesion_diffkd.core.annotation_sim.noc import summarise_traces

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-SPLITS = ("validation", "all")
+SPLITS = ("validation", "train", "all")
 #: Folder-name hints for the shipped datasets' modalities (a folder may also say so in its
 #: name, e.g. ``my_ct_slices``); anything else needs ``modality`` or is dermoscopy if RGB.
 _NAME_HINTS = (("ph2", "dermoscopy"), ("derm", "dermoscopy"), ("isic", "dermoscopy"),
@@ -33,7 +33,9 @@ def collect_records(folders: Sequence[str | Path], split: str = "validation",
     Args:
         folders: dataset folders (each with ``images/`` and ``masks/``).
         split: ``validation``: the project's group split (``datasets.group_split``, 20%,
-            seed 0: the held-out images of the registered models); ``all``: every pair.
+            seed 0: the held-out images of the registered models); ``train``: the rest
+            (what the registered models were trained on; for choosing settings without
+            looking at validation images); ``all``: every pair.
         images: at most this many per folder, evenly spaced over the sorted ids.
 
     Returns:
@@ -47,7 +49,7 @@ def collect_records(folders: Sequence[str | Path], split: str = "validation",
     from napari_lesion_diffkd.core.data.datasets import group_split, scan_pairs
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose {' or '.join(SPLITS)}")
+        raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     if images is not None and (not isinstance(images, int) or images < 1):
         raise ValueError(f"--images must be a positive integer, got {images!r}")
     if not folders:
@@ -64,8 +66,8 @@ def collect_records(folders: Sequence[str | Path], split: str = "validation",
         if records[0].dataset in names:
             raise ValueError(f"{path}: two data folders named {records[0].dataset!r}")
         names.add(records[0].dataset)
-        if split == "validation":
-            records = group_split(records)[1]
+        if split != "all":
+            records = group_split(records)[split == "validation"]
         chosen = evenly_spaced(records, images)
         check_sizes(chosen)
         out += chosen

@@ -9,6 +9,7 @@ a :class:`SimulationResult`; stop it between yields with ``gen.close()`` (or
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,12 @@ import numpy as np
 from napari_lesion_diffkd.core.annotation_sim.noc import noc, summarise_traces, target_key
 from napari_lesion_diffkd.core.annotation_sim.proposers import Proposal, Proposer
 from napari_lesion_diffkd.core.annotation_sim.sam_annotator import SamAnnotator
-from napari_lesion_diffkd.core.annotation_sim.triage import triage_shares
+from napari_lesion_diffkd.core.annotation_sim.triage import (
+    DEFAULT_SCORE,
+    SCORES,
+    triage_shares,
+    with_refine_scores,
+)
 from napari_lesion_diffkd.core.annotation_sim.workflows import (
     FIRST_MASK,
     Policy,
@@ -27,6 +33,7 @@ from napari_lesion_diffkd.core.annotation_sim.workflows import (
 )
 from napari_lesion_diffkd.core.jobs import JobEvent
 from napari_lesion_diffkd.core.metrics import dice
+from napari_lesion_diffkd.core.sam.refine_proposal import refine_consensus
 
 #: Consensus masks below this Dice count as bad in the triage report.
 TRIAGE_BELOW = 0.85
@@ -58,7 +65,10 @@ class SimulationResult:
         rows: one dict per (image, workflow) (the CSV rows, see :func:`trace_row`).
         summary: ``{workflow: {"noc@85": .., "failed@85": .., "no_prompt": .., "images": ..,
             "seconds_per_image": .., ["datasets": {name: {...}}]}}``.
-        triage: ``{dataset: triage_shares(...) + {"score": name}}``.
+        triage: ``{dataset: triage_shares(...) + {"score": name, "candidates": {score:
+            triage_shares(...)} for every ``triage.SCORES``, "refined_shown": share of images
+            where refined-first showed SAM's mask, "refined_dice": mean Dice of SAM's refined
+            mask, "per_image": {"dice": [...], score: [...]}}}``.
         skipped: ``(dataset, id, reason)`` of images not simulated (no lesion in the mask).
         settings: policy, workflows and model names.
     """
@@ -127,7 +137,7 @@ def _summary(rows: list[dict], traces: dict, workflows, policy: Policy) -> dict[
 
 def simulate_annotation(records: Sequence, models: AnnotationModels,
                         workflows: Sequence[str], policy: Policy,
-                        triage_score: str = "sample_disagreement",
+                        triage_score: str = DEFAULT_SCORE,
                         ) -> Generator[JobEvent, None, SimulationResult]:
     """Simulate the annotator on every record in every workflow.
 
@@ -137,7 +147,8 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
             teacher for every dataset when ``teacher-first`` is asked).
         workflows: names from ``workflows.WORKFLOWS``.
         policy: the annotator's rules (checked here).
-        triage_score: the per-image score of the student's result used for ranking.
+        triage_score: the per-image score used for ranking, one of ``triage.SCORES`` (the
+            student's, or from its SAM-refined consensus).
 
     Yields:
         Progress events (``step`` = images done).
@@ -152,6 +163,9 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
 
     workflows = check_workflows(workflows)
     policy.check()
+    if triage_score not in SCORES:
+        raise ValueError(f"unknown triage score {triage_score!r}; choose from "
+                         f"{', '.join(SCORES)}")
     for r in records:
         if r.dataset not in models.students:
             raise ValueError(f"no model for dataset {r.dataset!r}")
@@ -160,7 +174,8 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
     rows: list[dict[str, Any]] = []
     traces: dict[int, list[float]] = {}
     skipped: list[tuple[str, str, str]] = []
-    triage_in: dict[str, tuple[list[float], list[float]]] = {}
+    triage_in: dict[str, dict[str, list[float]]] = {}
+    refined_dice: dict[str, list[tuple[str, float]]] = defaultdict(list)
     total = len(records)
     for i, rec in enumerate(records):
         image, gt = read_pair(rec)
@@ -181,18 +196,30 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
                 raise ValueError(f"{label}: the model's mask {np.asarray(p.mask).shape} does "
                                  f"not match the image {gt.shape}")
         student = proposals["student"]
-        scores, dices = triage_in.setdefault(rec.dataset, ([], []))
-        scores.append(float(student.scores.get(triage_score, float("nan"))))
-        dices.append(dice(student.mask, gt))
         # The app encodes an image for SAM as soon as it is shown (prefetch); every workflow
-        # that prompts on it is charged that encoding once.
+        # that prompts on it is charged that encoding once, and refined-first always (its
+        # proposal needs the embedding).
         encode_seconds = SamAnnotator(models.sam, image, key).encode()
+        t0 = time.perf_counter()
+        refined = refine_consensus(models.sam, image, student.mask,
+                                   models.sam.image_key(image, key))
+        refine_seconds = time.perf_counter() - t0
+        proposals["refined"] = Proposal(
+            mask=refined.mask, uncertainty=None, model=student.model,
+            scores=with_refine_scores(student.scores, refined.disagreement),
+            seconds=student.seconds + encode_seconds + refine_seconds)
+        image_scores = proposals["refined"].scores
+        per = triage_in.setdefault(rec.dataset, {"dice": []})
+        per["dice"].append(dice(student.mask, gt))
+        for name in SCORES:
+            per.setdefault(name, []).append(float(image_scores.get(name, float("nan"))))
+        refined_dice[rec.dataset].append((refined.source, dice(refined.refined, gt)))
         for w in workflows:
             first = FIRST_MASK[w]
             proposal = None if first is None else proposals[first]
             annotator = SamAnnotator(models.sam, image, key)
             trace = annotate_image(w, gt, annotator, proposal, policy)
-            if trace.prompts:
+            if trace.prompts and w != "refined-first":  # refined-first paid it already
                 trace.seconds += encode_seconds
             if proposal is not None:
                 trace.seconds += proposal.seconds
@@ -202,9 +229,15 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
                            message=f"{label}: {w} {len(trace.prompts)} prompt(s), "
                                    f"Dice {trace.dices[-1]:.3f}")
     triage = {}
-    for d, (scores, dices) in triage_in.items():
+    for d, per in triage_in.items():
+        sources = [src for src, _ in refined_dice[d]]
         triage[d] = {"score": triage_score, "below": TRIAGE_BELOW,
-                     **triage_shares(scores, dices, TRIAGE_BELOW)}
+                     **triage_shares(per[triage_score], per["dice"], TRIAGE_BELOW),
+                     "candidates": {name: triage_shares(per[name], per["dice"], TRIAGE_BELOW)
+                                    for name in SCORES},
+                     "refined_shown": sources.count("refined") / max(1, len(sources)),
+                     "refined_dice": float(np.mean([v for _, v in refined_dice[d]])),
+                     "per_image": per}
     settings = {"workflows": list(workflows), "targets": list(policy.targets),
                 "max_prompts": policy.max_prompts, "restart_below": policy.restart_below,
                 "undo_to_box": policy.undo_to_box,

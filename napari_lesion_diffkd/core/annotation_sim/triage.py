@@ -16,6 +16,32 @@ import numpy as np
 
 #: Fractions of the queue flagged, as in the issue: the most uncertain 10%, 20%, 30%.
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3)
+#: Candidate per-image scores, all "larger = less sure". The first three come with the
+#: segmenter's result; the last two need the SAM-refined consensus
+#: (``core.sam.refine_proposal``): ``refine_disagreement`` = 1 - Dice(consensus, refined),
+#: ``combined_disagreement`` = the mean of ``sample_disagreement`` and
+#: ``refine_disagreement`` (both 1 - Dice, so one scale; equal weights, fixed a priori).
+SCORES = ("sample_disagreement", "boundary_entropy", "mean_entropy", "refine_disagreement",
+          "combined_disagreement")
+#: The score the app ranks by, chosen on TRAINING-split images only (the candidate with the
+#: highest mean top-30% share over PH2, BUS-BRA and DDTI training subsets; the table and
+#: command are in docs/benchmarks.md, section annotation-noc).
+DEFAULT_SCORE = "combined_disagreement"
+
+
+def with_refine_scores(scores: dict[str, float], refine_disagreement: float) -> dict[str, float]:
+    """``scores`` plus ``refine_disagreement`` and ``combined_disagreement``.
+
+    Args:
+        scores: the segmenter's per-image scores (``SegmentationResult.scores``; must hold
+            ``sample_disagreement`` for the combination, else it is NaN).
+        refine_disagreement: ``RefinedProposal.disagreement`` of the image, in [0, 1].
+    """
+    out = {k: float(v) for k, v in scores.items()}
+    out["refine_disagreement"] = float(refine_disagreement)
+    sd = out.get("sample_disagreement", float("nan"))
+    out["combined_disagreement"] = (sd + float(refine_disagreement)) / 2
+    return out
 
 
 def triage_shares(scores: Sequence[float], dices: Sequence[float], below: float = 0.85,

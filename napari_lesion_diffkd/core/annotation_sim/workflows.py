@@ -18,11 +18,14 @@ from napari_lesion_diffkd.core.annotation_sim.sam_annotator import SamAnnotator
 from napari_lesion_diffkd.core.metrics import dice
 
 #: Workflows, in report order. ``sam-first`` shows no model mask; the others show the
-#: consensus of the default student (``model-first``, ``uncertainty-guided``) or teacher.
-WORKFLOWS = ("sam-first", "model-first", "uncertainty-guided", "teacher-first")
-#: Which model's consensus each workflow shows first (None: none, the annotator starts empty).
+#: consensus of the default student (``model-first``, ``uncertainty-guided``) or teacher, or
+#: the student's consensus refined by SAM with no user prompt (``refined-first``,
+#: ``core.sam.refine_proposal``).
+WORKFLOWS = ("sam-first", "model-first", "uncertainty-guided", "teacher-first",
+             "refined-first")
+#: Which first mask each workflow shows (None: none, the annotator starts empty).
 FIRST_MASK = {"sam-first": None, "model-first": "student", "uncertainty-guided": "student",
-              "teacher-first": "teacher"}
+              "teacher-first": "teacher", "refined-first": "refined"}
 
 
 @dataclass(frozen=True)
