@@ -1,21 +1,26 @@
 """Annotation effort: prompts to a Dice target (NoC@85, NoC@90) per workflow, and triage.
 
 Usage:
-    nice -n 5 .venv/bin/python benchmarks/bench_annotation.py [--images 24]
-        [--sams lesion-sam-tiny medsam-lite] [--threads 2] [--no-write]
-        [--from-json FILE]   (re-render a saved run without simulating again)
+    nice -n 19 .venv/bin/python benchmarks/bench_annotation.py [--images N (0: all)]
+        [--sams lesion-sam-tiny medsam-lite] [--workflows ...] [--restart-below 0.9]
+        [--threads 1] [--no-write] [--json FILE]
+    ... --triage-only --split train --images 40 --json TRAIN.json   (choose the triage score)
+    ... --from-json A.json B.json --triage-select-json TRAIN.json   (render saved runs)
 
 Runs ``core.annotation_sim.simulate_annotation`` (what ``lesion-diffkd simulate-annotation``
 runs) on the validation split of each dataset: the project's group split
 (``core.data.datasets.group_split``, 20%, seed 0), which is exactly the set of validation ids
 stored in every registered student, teacher and ``lesion-sam-tiny`` (none trained on them).
-``--images N`` takes N of them per dataset, evenly spaced over the sorted ids (a subset for
-the 2-core CPU). Every workflow, targets 0.85 and 0.90, max 20 prompts, each SAM in turn
-(``medsam-lite`` skipped with a note when it does not load). The student's and teacher's
-first masks are computed once per image and reused for every SAM.
+``--images N`` takes N of them per dataset, evenly spaced over the sorted ids (0: all).
+Targets 0.85 and 0.90, max 20 prompts, each SAM in turn (``medsam-lite`` skipped with a note
+when it does not load). The student's and teacher's first masks are computed once per image
+and reused for every SAM. Every run records every candidate triage score per image;
+``--triage-only --split train`` computes them on training images, and the rendered section
+names the candidate with the best mean top-30% share there (the rule the core's
+``triage.DEFAULT_SCORE`` follows).
 
-Writes the ``annotation-noc`` section at the end of docs/benchmarks.md unless ``--no-write``,
-and the raw results to ``--json`` (default /tmp/bench_annotation.json).
+Writes the ``annotation-noc`` section of docs/benchmarks.md unless ``--no-write``, and the raw
+results to ``--json`` (default /tmp/bench_annotation.json).
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ DATASETS = ("ph2_dermoscopy", "busbra_breast_ultrasound", "ddti_thyroid_ultrasou
             "covid19_ct_infection")
 #: The issue's done-when datasets.
 TARGET_DATASETS = DATASETS[:3]
-WORKFLOWS = ("sam-first", "model-first", "uncertainty-guided", "teacher-first")
-OURS = ("model-first", "uncertainty-guided", "teacher-first")
+WORKFLOWS = ("sam-first", "model-first", "uncertainty-guided", "teacher-first",
+             "refined-first")
+OURS = ("model-first", "uncertainty-guided", "teacher-first", "refined-first")
 RATIO_TARGET = 0.60
 TRIAGE_TARGET = 0.70
 
@@ -52,7 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="annotation NoC benchmark (see module docstring)")
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    p.add_argument("--images", type=int, default=24, help="validation images per dataset")
+    p.add_argument("--images", type=int, default=0,
+                   help="images per dataset, evenly spaced (0: the whole split)")
     p.add_argument("--sams", nargs="+", default=["lesion-sam-tiny", "medsam-lite"])
     p.add_argument("--workflows", nargs="+", default=list(WORKFLOWS),
                    help="e.g. without teacher-first where the teacher is too slow for the CPU")
@@ -65,9 +72,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="saved run(s) to report (several: their SAM runs side by side)")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--triage-only", action="store_true",
-                   help="only the triage pass (whole validation splits) into --json")
-    p.add_argument("--triage-json", default=None,
-                   help="a --triage-only result to report instead of the NoC subset's")
+                   help="only the triage scores (student + SAM refinement) into --json")
+    p.add_argument("--split", default="validation", choices=("validation", "train"),
+                   help="train: for choosing the triage score without validation images")
+    p.add_argument("--triage-score", default=None,
+                   help="score the NoC runs' triage ranks by (default: the core's)")
+    p.add_argument("--triage-select-json", default=None,
+                   help="a --triage-only --split train result: the table the triage score "
+                        "is chosen by")
     return p.parse_args(argv)
 
 
@@ -105,7 +117,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             continue
         runs[sam_name] = {}
         for name in args.datasets:
-            records = collect_records([Path(args.data_root) / name], "validation", args.images)
+            records = collect_records([Path(args.data_root) / name], args.split,
+                                      args.images or None)
             models = build_models(records, backend, sam_name,
                                   need_teacher="teacher-first" in args.workflows)
             for role in ("students", "teachers"):
@@ -113,8 +126,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     getattr(models, role)[d] = memoised(
                         prop, first_masks.setdefault(f"{role}:{d}", {}))
             start = time.perf_counter()
+            kwargs = {"triage_score": args.triage_score} if args.triage_score else {}
             result = run_to_completion(simulate_annotation(records, models, args.workflows,
-                                                           policy))
+                                                           policy, **kwargs))
             runs[sam_name][name] = {"summary": result.summary, "triage": result.triage[name],
                                     "rows": result.rows, "settings": result.settings,
                                     "wall_s": time.perf_counter() - start}
@@ -137,32 +151,53 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_triage(args: argparse.Namespace) -> dict[str, Any]:
-    """Triage on the *whole* validation split of each dataset (the student alone is cheap;
-    the NoC subset is too small to hold enough bad masks)."""
+    """Every candidate triage score on ``--split`` (``--images`` per dataset, 0 = all): the
+    student's consensus and scores, and SAM's refinement of it (first of ``--sams``), exactly
+    as ``simulate_annotation`` computes them, without simulating any prompt."""
     from napari_lesion_diffkd.core.annotation_sim.inputs import collect_records
-    from napari_lesion_diffkd.core.annotation_sim.model_setup import build_models
+    from napari_lesion_diffkd.core.annotation_sim.model_setup import (
+        build_models,
+        load_promptable,
+    )
     from napari_lesion_diffkd.core.annotation_sim.simulate import TRIAGE_BELOW
-    from napari_lesion_diffkd.core.annotation_sim.triage import triage_shares
+    from napari_lesion_diffkd.core.annotation_sim.triage import (
+        SCORES,
+        triage_shares,
+        with_refine_scores,
+    )
     from napari_lesion_diffkd.core.data.datasets import read_pair
     from napari_lesion_diffkd.core.jobs import run_to_completion
     from napari_lesion_diffkd.core.metrics import dice
+    from napari_lesion_diffkd.core.sam.refine_proposal import refine_consensus
 
     torch.set_num_threads(args.threads)
+    sam_name = args.sams[0]
+    backend, _ = load_promptable(sam_name)
     out: dict[str, Any] = {}
     for name in args.datasets:
-        records = collect_records([Path(args.data_root) / name], "validation")
-        models = build_models(records, None, "none")
+        records = collect_records([Path(args.data_root) / name], args.split,
+                                  args.images or None)
+        models = build_models(records, backend, sam_name)
         propose = models.students[name]
-        scores, dices = [], []
+        per: dict[str, list[float]] = {"dice": []}
         for rec in records:
             image, gt = read_pair(rec)
-            result = run_to_completion(propose(image, (name, rec.id)))
-            scores.append(result.scores["sample_disagreement"])
-            dices.append(dice(result.mask, gt))
-        out[name] = {"score": "sample_disagreement", "below": TRIAGE_BELOW,
-                     "model": models.names[f"student:{name}"],
-                     **triage_shares(scores, dices, TRIAGE_BELOW)}
-        print(name, out[name], flush=True)
+            if not gt.any():
+                continue
+            key = (name, rec.id)
+            result = run_to_completion(propose(image, key))
+            refined = refine_consensus(backend, image, result.mask,
+                                       backend.image_key(image, key))
+            scores = with_refine_scores(result.scores, refined.disagreement)
+            per["dice"].append(dice(result.mask, gt))
+            for s in SCORES:
+                per.setdefault(s, []).append(scores[s])
+        out[name] = {"split": args.split, "sam": sam_name, "below": TRIAGE_BELOW,
+                     "model": models.names[f"student:{name}"], "images": len(per["dice"]),
+                     "candidates": {s: triage_shares(per[s], per["dice"], TRIAGE_BELOW)
+                                    for s in SCORES}, "per_image": per}
+        print(name, {s: out[name]["candidates"][s]["top30"] for s in SCORES}, flush=True)
+        Path(args.json).write_text(json.dumps(out, default=float))
     return out
 
 
@@ -170,15 +205,35 @@ def _f(v: Any, spec: str = ".2f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
-def triage_table(summary: dict[str, Any]) -> dict[str, Any]:
-    """``{dataset: triage}``: the whole-split pass when given, else the NoC subset's."""
-    if "triage_full" in summary:
-        return summary["triage_full"]
-    first = next(iter(summary["runs"].values()), {})
-    return {name: run["triage"] for name, run in first.items()}
+def chosen_score(selection: dict[str, Any] | None) -> str:
+    """The candidate with the highest mean top-30% share over the target datasets of the
+    TRAINING-split pass (ties: the order of ``triage.SCORES``); the core's default without one.
+    """
+    from napari_lesion_diffkd.core.annotation_sim.triage import DEFAULT_SCORE, SCORES
+
+    if not selection:
+        return DEFAULT_SCORE
+
+    def mean_top30(score: str) -> float:
+        vals = [selection[d]["candidates"][score]["top30"] for d in TARGET_DATASETS
+                if d in selection]
+        vals = [v for v in vals if v is not None and v == v]
+        return sum(vals) / len(vals) if vals else float("-inf")
+
+    return max(SCORES, key=lambda sc: (mean_top30(sc), -SCORES.index(sc)))
 
 
-def verdicts(runs: dict[str, Any], triage: dict[str, Any]) -> list[str]:
+def triage_table(summary: dict[str, Any], score: str) -> dict[str, Any]:
+    """``{dataset: shares of ``score``}`` on the NoC runs' images (first SAM's runs)."""
+    out = {}
+    for per in summary["runs"].values():
+        for name, run in per.items():
+            if name not in out:
+                out[name] = run["triage"]["candidates"][score]
+    return out
+
+
+def verdicts(runs: dict[str, Any], triage: dict[str, Any], score: str) -> list[str]:
     """The done-when checks, one line each."""
     lines = []
     for sam_name, per in runs.items():
@@ -192,10 +247,11 @@ def verdicts(runs: dict[str, Any], triage: dict[str, Any]) -> list[str]:
             fail_ok = s[best]["failed@90"] <= s["sam-first"]["failed@90"]
             met = ratio <= RATIO_TARGET and fail_ok
             lines.append(
-                f"- {sam_name}, {name}: best workflow `{best}` NoC@90 {s[best]['noc@90']:.2f} vs "
-                f"sam-first {s['sam-first']['noc@90']:.2f} = **{ratio:.0%}** of the prompts "
-                f"(target <= {RATIO_TARGET:.0%}); failures {s[best]['failed@90']:.0%} vs "
-                f"{s['sam-first']['failed@90']:.0%} -> **{'met' if met else 'not met'}**")
+                f"- {sam_name}, {name} (n = {s[best]['images']}): best workflow `{best}` NoC@90 "
+                f"{s[best]['noc@90']:.2f} vs sam-first {s['sam-first']['noc@90']:.2f} = "
+                f"**{ratio:.0%}** of the prompts (target <= {RATIO_TARGET:.0%}); failures "
+                f"{s[best]['failed@90']:.0%} vs {s['sam-first']['failed@90']:.0%} -> "
+                f"**{'met' if met else 'not met'}**")
     for name in TARGET_DATASETS:
         if name in triage:
             t = triage[name]
@@ -204,9 +260,10 @@ def verdicts(runs: dict[str, Any], triage: dict[str, Any]) -> list[str]:
                              f"{t['images']} images -> **cannot be measured**")
                 continue
             ok = t["top30"] is not None and t["top30"] >= TRIAGE_TARGET
-            lines.append(f"- triage, {name}: the 30% most uncertain images hold "
-                         f"{_f(t['top30'], '.0%')} of the {t['bad']} consensus masks below 0.85 "
-                         f"(target >= {TRIAGE_TARGET:.0%}) -> **{'met' if ok else 'not met'}**")
+            lines.append(f"- triage (`{score}`), {name}: the 30% most uncertain of "
+                         f"{t['images']} images hold {_f(t['top30'], '.0%')} of the {t['bad']} "
+                         f"consensus masks below 0.85 (target >= {TRIAGE_TARGET:.0%}) -> "
+                         f"**{'met' if ok else 'not met'}**")
     return lines
 
 
@@ -216,33 +273,84 @@ def _images(images: Any) -> str:
     return str(images)
 
 
+def _selection_lines(selection: dict[str, Any], score: str, command: str) -> list[str]:
+    from napari_lesion_diffkd.core.annotation_sim.triage import SCORES
+
+    names = [d for d in TARGET_DATASETS if d in selection]
+    first = selection[names[0]]
+    lines = [
+        "#### Choosing the score on training images",
+        "",
+        f"Command: `{command}`. The default student and `{first['sam']}` on evenly spaced "
+        f"subsets of the **training** split (the student was trained on these images, so its "
+        "masks are better there and bad masks rarer than on validation). Candidates: the "
+        "student's `sample_disagreement` (1 - mean pairwise Dice of the K samples), "
+        "`boundary_entropy`, `mean_entropy`; `refine_disagreement` = 1 - Dice(consensus, SAM's "
+        "answer to the consensus's box); `combined_disagreement` = the mean of "
+        "`sample_disagreement` and `refine_disagreement` (equal weights, fixed a priori). "
+        "Rule, fixed before looking: the highest mean top-30% share over the three datasets. "
+        f"Chosen: **`{score}`** (the core's `triage.DEFAULT_SCORE`, the CLI's default).",
+        "",
+        "| score (training) | " + " | ".join(
+            f"{d} top 30% (n = {selection[d]['images']}, "
+            f"bad {selection[d]['candidates'][score]['bad']})" for d in names) + " | mean |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for sc in SCORES:
+        vals = [selection[d]["candidates"][sc]["top30"] for d in names]
+        ok = [v for v in vals if v is not None and v == v]
+        mean = sum(ok) / len(ok) if ok else float("nan")
+        mark = "**" if sc == score else ""
+        lines.append(f"| {mark}{sc}{mark} | " + " | ".join(_f(v, ".0%") for v in vals)
+                     + f" | {_f(mean, '.0%')} |")
+    return lines + [""]
+
+
 def render(summary: dict[str, Any], command: str) -> str:
+    from napari_lesion_diffkd.core.annotation_sim.triage import SCORES
+
     pol = summary["policy"]
+    selection = summary.get("triage_selection")
+    score = chosen_score(selection)
+    workflows = sorted({w for per in summary["runs"].values() for run in per.values()
+                        for w in run["summary"]}, key=WORKFLOWS.index)
     lines = [
         "## Annotation effort: clicks to a Dice target (NoC)",
         "",
         f"Command(s): `{command}` ({datetime.date.today().isoformat()}, {platform.machine()}, "
         f"torch {torch.__version__}, {summary['threads']} thread(s), 2-core CPU shared with "
-        "other work). `lesion-diffkd simulate-annotation` runs the same code "
-        "(`core/annotation_sim`). Images: the validation split of each dataset (group split, "
-        "20%, seed 0: no registered model trained on them), "
-        f"**a subset of {_images(summary['images'])} per dataset** (evenly spaced ids) to "
-        "fit the CPU. "
+        "other work, every run under `nice -n 19`). `lesion-diffkd simulate-annotation` runs the "
+        "same code (`core/annotation_sim`). Images: the **validation split** of each dataset "
+        "(group split, 20%, seed 0: no registered model trained on them), "
+        f"{_images(summary['images'])}. "
         "The annotator's oracle is the ground truth; the policy (in "
-        "`core/annotation_sim/__init__.py`) is the same for every workflow: accept at Dice "
-        f">= 0.90; a first mask below Dice {pol['restart_below']} is replaced by a box "
-        "(sam-first's empty first mask always is); a click that makes the mask worse before "
-        "any box is undone and replaced by a box (both count); otherwise one click at a time "
-        "by the standard "
-        "rule (centre of the largest error region, positive on missed lesion, negative on "
-        "taken background; all clicks so far plus the previous answer as mask prompt); "
-        "uncertainty-guided clicks first in the most uncertain unreviewed region (entropy > "
-        f"{pol['uncertainty_threshold']} bits). NoC: a box and a click count one each, 0 "
-        f"when the first mask is accepted, {pol['max_prompts']} for an image that never gets "
-        "there (also counted as failed). *no prompt*: share accepted as shown, at 0.90. "
-        "*s/img*: model seconds per image (first model + SAM encoding + decoder calls).",
+        "`core/annotation_sim/__init__.py`) is the same for every workflow and dataset: accept "
+        f"at Dice >= 0.90; a first mask below Dice {pol['restart_below']} is replaced by a box "
+        "drawn around the lesion (its bounding box + 5%; sam-first's empty first mask always "
+        "is); a click that makes the mask worse before any box is undone and replaced by a box "
+        "(both count); otherwise one click at a time by the standard rule (centre of the "
+        "largest error region, positive on missed lesion, negative on taken background; all "
+        "clicks so far plus the previous answer as mask prompt). NoC: a box and a click count "
+        f"one each, 0 when the first mask is accepted, {pol['max_prompts']} for an image that "
+        "never gets there (also counted as failed). *no prompt*: share accepted as shown. "
+        "*s/img*: model seconds per image (first model + SAM encoding + decoder calls; noisy, "
+        "niced on a shared CPU).",
         "",
+        "Workflows: `sam-first` (box, then clicks: the micro-sam / MedSAM way); `model-first` "
+        "(the default student's STAPLE consensus first); `refined-first` (new): with no user "
+        "prompt the app boxes the student's consensus (bounding box + 5%) and asks the SAM "
+        "through the correction backend (`core/sam/refine_proposal.py`, with the consensus as "
+        "mask prompt where the SAM takes mask prompts; medsam-lite does not), and shows SAM's "
+        "answer when it agrees with the consensus (Dice >= 0.5, no ground truth involved), else "
+        "the consensus; from there the same policy.",
     ]
+    if pol["restart_below"] >= 0.9 and "uncertainty-guided" not in workflows:
+        lines[-1] += (" With a restart threshold at the target, a first mask is either "
+                      "accepted or replaced by a box, so `uncertainty-guided` is identical to "
+                      "`model-first` (guidance only steers clicks on the model's own mask) "
+                      "and was not run again; nor `teacher-first` (the ultrasound / CT "
+                      "teachers' staged K = 20 sampler takes about a minute per image here).")
+    lines.append("")
     for note in summary["notes"]:
         lines += [f"Note: {note}", ""]
     for sam_name, per in summary["runs"].items():
@@ -258,28 +366,48 @@ def render(summary: dict[str, Any], command: str) -> str:
                     f"{s['failed@90']:.0%} | {s['no_prompt@85']:.0%} / {s['no_prompt@90']:.0%}"
                     f" | {s['restarted']:.0%} | {s['undone_to_box']:.0%}"
                     f" | {s['seconds_per_image']:.2f} |")
-        lines.append("")
-    triage = triage_table(summary)
-    whole = "triage_full" in summary
+        lines += ["", "refined-first showed SAM's refined mask (agreement >= 0.5) on "
+                  + ", ".join(f"{name} {_f(run['triage'].get('refined_shown'), '.0%')}"
+                              for name, run in per.items())
+                  + " of the images; mean Dice of SAM's refined mask vs the student's consensus: "
+                  + ", ".join(f"{name} {_f(run['triage'].get('refined_dice'), '.3f')} vs "
+                              f"{run['summary']['model-first']['first_dice']:.3f}"
+                              for name, run in per.items() if "model-first" in run["summary"])
+                  + ".", ""]
+    triage = triage_table(summary, score)
     lines += ["### Triage: bad consensus masks among the most uncertain images", "",
-              "Default student, images ranked by `sample_disagreement` (most uncertain first); "
-              "share of the consensus masks below Dice 0.85 that fall in the top 10 / 20 / 30% "
-              "(a random order would catch about 10 / 20 / 30%). "
-              + ("On the **whole** validation split of each dataset (the student alone is "
-                 "cheap; `--triage-only`)." if whole else "On the NoC subset."), "",
+              f"Default student, images ranked by **`{score}`** (most uncertain first); share "
+              "of the consensus masks below Dice 0.85 that fall in the top 10 / 20 / 30% (a "
+              "random order would catch about 10 / 20 / 30%). On the NoC runs' images (the "
+              "whole validation splits unless the n column says less).", ""]
+    if selection:
+        lines += _selection_lines(selection, score, summary.get("selection_command", "?"))
+    lines += ["#### Validation splits", "",
               "| dataset | n | masks < 0.85 | top 10% | top 20% | top 30% |",
               "|---|---|---|---|---|---|"]
     for name, t in triage.items():
         lines.append(f"| {name} | {t['images']} | {t['bad']} | {_f(t['top10'], '.0%')} | "
                      f"{_f(t['top20'], '.0%')} | {_f(t['top30'], '.0%')} |")
-    lines += ["", "Done-when targets (issue 12):", ""] + verdicts(summary["runs"], triage)
+    lines += ["", "Every candidate on the validation splits, top 30% (reported, not used to "
+              "choose):", "", "| dataset | " + " | ".join(SCORES) + " |",
+              "|---|" + "---|" * len(SCORES)]
+    for per in list(summary["runs"].values())[:1]:
+        for name, run in per.items():
+            c = run["triage"]["candidates"]
+            lines.append(f"| {name} | " + " | ".join(_f(c[sc]["top30"], ".0%") for sc in SCORES)
+                         + " |")
+    lines += ["", "Done-when targets (issue 12):", ""] + verdicts(summary["runs"], triage, score)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.triage_only:
-        Path(args.json).write_text(json.dumps(measure_triage(args), default=float))
+        result = measure_triage(args)
+        command = "nice -n 19 .venv/bin/python benchmarks/bench_annotation.py " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        Path(args.json).write_text(json.dumps({"result": result, "command": command},
+                                              default=float))
         return 0
     if args.from_json:
         saved = [json.loads(Path(f).read_text()) for f in args.from_json]
@@ -288,16 +416,18 @@ def main(argv: list[str] | None = None) -> int:
             for sam, per in extra["summary"]["runs"].items():
                 summary["runs"].setdefault(sam, {}).update(per)
             summary["notes"] += extra["summary"]["notes"]
-        summary["images"] = "n (the tables' column)"
+        summary["images"] = "n images each (the tables' column; all of the split unless noted)"
         command = "`; `".join(s["command"] for s in saved)
     else:
         summary = measure(args)
-        command = "nice -n 5 .venv/bin/python benchmarks/bench_annotation.py " + " ".join(
+        command = "nice -n 19 .venv/bin/python benchmarks/bench_annotation.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         Path(args.json).write_text(json.dumps({"summary": summary, "command": command.strip()},
                                               default=float))
-    if args.triage_json:
-        summary["triage_full"] = json.loads(Path(args.triage_json).read_text())
+    if args.triage_select_json:
+        saved_sel = json.loads(Path(args.triage_select_json).read_text())
+        summary["triage_selection"] = saved_sel["result"]
+        summary["selection_command"] = saved_sel["command"]
     text = render(summary, command.strip())
     print(text)
     if not args.no_write:
