@@ -83,7 +83,7 @@ class InteractionLog:
         self.store_errors = 0
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
-        self.context.project_changed.connect(lambda _path: self.persist())
+        self.context.project_changed.connect(self._on_project_changed)
         for layer in list(viewer.layers):
             self.attach(layer)
 
@@ -153,6 +153,9 @@ class InteractionLog:
         _, tracked, seq = entry
         tracked.recorder.saved(seq, version.id, {"kind": version.kind})
         self._persist(tracked.image, tracked.recorder)
+
+    def _on_project_changed(self, _path: Any) -> None:
+        self.persist()
 
     def persist(self) -> int:
         """Store every pending event that can be stored now; returns how many remain."""

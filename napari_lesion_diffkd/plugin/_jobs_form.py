@@ -128,10 +128,15 @@ class JobsForm(QWidget):
         self._on_kind(self.kind_combo.currentText())
         # "start from" offers the open project's modality (not the first teacher of all).
         self._context = context
-        context.project_changed.connect(lambda _: self.match_project_modality())
+        # A bound method, not a lambda: the per-viewer context would hold a lambda (and this
+        # form) after the window is gone.
+        context.project_changed.connect(self._on_context_project)
         self.picker.ready.connect(self.match_project_modality)
         self.student_picker.ready.connect(self.match_project_modality)
         self.kind_combo.currentTextChanged.connect(lambda _: self.match_project_modality())
+        self.match_project_modality()
+
+    def _on_context_project(self, _path: Any) -> None:
         self.match_project_modality()
 
     def match_project_modality(self) -> None:

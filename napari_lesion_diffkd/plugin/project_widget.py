@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,7 @@ class ProjectWidget(QWidget):
         self.queue_table.cellDoubleClicked.connect(lambda row, _col: self.open_row(row))
         self.context.consensus_replacing.connect(self._save_before_replace)
         self.context.project_changed.connect(self._on_project_changed)
-        self.context.job_finished.connect(lambda _job: self.refresh_queue())
+        self.context.job_finished.connect(self._on_job_finished)  # bound: see _call_on_quit
         napari_viewer.layers.events.removing.connect(self._on_removing)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_sources)
@@ -118,7 +119,7 @@ class ProjectWidget(QWidget):
         # known once docked and shown) and the application quitting both save and flush.
         self._close_watch = _CloseWatcher(self)
         self._watched: Any = None
-        QApplication.instance().aboutToQuit.connect(self.on_viewer_closing)
+        _call_on_quit(self)
         self._set_enabled(False)
         if self.context.store is not None:
             self._on_project_changed(self.context.project_path)
@@ -378,6 +379,9 @@ class ProjectWidget(QWidget):
         if layer in self._candidate_layers() and is_dirty(layer):
             self._submit(layer, f"autosave (layer removed) from {layer.name}")
 
+    def _on_job_finished(self, _job: Any) -> None:
+        self.refresh_queue()
+
     def on_viewer_closing(self) -> None:
         """Save edits and wait for every queued save (the window is closing)."""
         self.autosave("viewer closing")
@@ -440,3 +444,30 @@ def _is_dicom_series(folder: Path) -> bool:
     from napari_lesion_diffkd.core.data.readers import is_supported
 
     return is_supported(folder)
+
+
+def _call_on_quit(widget: ProjectWidget) -> None:
+    """Run ``widget.on_viewer_closing`` when the application quits, without the application
+    (which outlives every viewer) holding the widget: a weak reference, and the connection
+    dropped when the widget goes. A bound method or a lambda on ``aboutToQuit`` kept a closed
+    viewer's panel, its layers and its store alive until the process ended."""
+    app = QApplication.instance()
+    widget_ref = weakref.ref(widget)
+
+    def on_quit() -> None:
+        target = widget_ref()
+        if target is not None:
+            try:
+                target.on_viewer_closing()
+            except RuntimeError:  # its C++ side is gone already: nothing left to save
+                pass
+
+    app.aboutToQuit.connect(on_quit)
+
+    def disconnect(*_: Any) -> None:
+        try:
+            app.aboutToQuit.disconnect(on_quit)
+        except (RuntimeError, TypeError):  # already gone at interpreter exit
+            pass
+
+    widget.destroyed.connect(disconnect)
