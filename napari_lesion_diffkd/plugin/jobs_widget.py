@@ -19,6 +19,7 @@ list (``_sam_models.SamModelBox``, refreshed by ``models_changed``) then offers.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -119,11 +120,30 @@ class JobsWidget(QWidget):
         self._on_project(self.context.project_path)
         self._programmatic_close = self._close_answered = False
         self._close_watch = _CloseWatcher(self)
-        window = getattr(napari_viewer, "window", None)
-        for name in ("_qt_window", "_qt_viewer"):  # napari's main window and its canvas
-            target = getattr(window, name, None)
+        # napari's main window and its canvas, found through public Qt API once the panel is
+        # docked and shown (showEvent): no private napari attributes.
+        # Weak: the panel must not keep a closed viewer's canvas alive (napari's leak check).
+        self._watched_window: Any = _dead_ref
+        self._watched_canvas: Any = _dead_ref
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        self._watch_window()
+
+    def _watch_window(self) -> None:
+        """Watch the top-level window this panel is docked in, and napari's canvas inside
+        it, for Close events (see :class:`_CloseWatcher`)."""
+        window = self.window()
+        if window is self or window is self._watched_window():
+            return
+        from napari.qt import QtViewer  # napari's public Qt namespace
+
+        canvas = window.findChild(QtViewer)
+        for target in (window, canvas):
             if target is not None:
                 target.installEventFilter(self._close_watch)
+        self._watched_window = weakref.ref(window)
+        self._watched_canvas = _dead_ref if canvas is None else weakref.ref(canvas)
 
     # -- public API ----------------------------------------------------------------------
     def launch(self) -> Any:
@@ -379,6 +399,11 @@ class JobsWidget(QWidget):
         self.context.job_finished.emit(job)
 
 
+def _dead_ref() -> None:
+    """A weak reference to nothing (before the panel is shown)."""
+    return None
+
+
 class _CloseWatcher(QObject):
     """Sees napari's main window close (and its canvas close first, which only a close from
     code does: ``Window.close()`` closes the canvas before the main window)."""
@@ -390,7 +415,7 @@ class _CloseWatcher(QObject):
     def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
         if event.type() != QEvent.Close:
             return False
-        if obj is getattr(getattr(self.widget.viewer, "window", None), "_qt_viewer", None):
+        if obj is not None and obj is self.widget._watched_canvas():
             self.widget._programmatic_close = True
             return False
         try:

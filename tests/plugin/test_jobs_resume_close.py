@@ -19,6 +19,25 @@ class FakeProcess:
         return None if self.alive else 0
 
 
+class _SwallowClose:
+    """An event filter that counts and swallows Close events (made lazily: Qt needed)."""
+
+    def __new__(cls, parent):
+        from qtpy.QtCore import QEvent, QObject
+
+        class Filter(QObject):
+            seen = 0
+
+            def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+                if event.type() == QEvent.Close:
+                    self.seen += 1
+                    event.ignore()
+                    return True
+                return False
+
+        return Filter(parent)
+
+
 @pytest.fixture
 def panel(viewer, tmp_path, monkeypatch):
     from napari_lesion_diffkd.core import job_runner
@@ -36,6 +55,7 @@ def panel(viewer, tmp_path, monkeypatch):
     context.set_project(tmp_path / "project")
     widget = JobsWidget(viewer)
     viewer.window.add_dock_widget(widget)
+    viewer.window.show()  # docked and shown: the panel watches the window from now on
     widget.started = started
     yield widget
     widget.timer.stop()
@@ -89,14 +109,24 @@ def test_closing_napari_with_running_jobs_asks(panel, monkeypatch, viewer) -> No
     # "Cancel": napari stays open, the job runs on.
     monkeypatch.setattr(jobs_widget, "ask_keep_jobs",
                         lambda parent, jobs: asked.append(jobs) or "cancel")
-    assert viewer.window._qt_window.close() is False
+    window = panel.window()  # napari's main window, as a user's click on its X closes it
+    assert window is not panel
+    # Qt runs the filter installed last first: the panel's, then this one, which keeps the
+    # window for napari's own teardown where the panel lets the close through.
+    keep_window = _SwallowClose(window)
+    window.removeEventFilter(panel._close_watch)
+    window.installEventFilter(keep_window)
+    window.installEventFilter(panel._close_watch)
+    assert window.close() is False
     assert asked == [[f"{job.id} (train)"]] and cancelled == []
 
     # "Stop jobs": each running job is cancelled (checkpoints kept), napari closes.
     monkeypatch.setattr(jobs_widget, "ask_keep_jobs",
                         lambda parent, jobs: asked.append(jobs) or "stop")
-    viewer.window._qt_window.close()
+    window.close()
     assert len(asked) == 2 and cancelled == [job.id]
+    assert keep_window.seen == 1  # the panel did not refuse this close
+    window.removeEventFilter(keep_window)
     process.alive = False
 
 
@@ -117,7 +147,11 @@ def test_close_from_code_keeps_jobs_and_says_so(panel, monkeypatch, viewer) -> N
 
     # Window.close() closes the canvas (QtViewer) before the main window: the panel's
     # filter sees that close (the viewer's own teardown at the end then closes for real).
-    assert panel._close_watch.eventFilter(viewer.window._qt_viewer, QCloseEvent()) is False
+    from napari.qt import QtViewer
+
+    canvas = panel.window().findChild(QtViewer)
+    assert canvas is not None and canvas is panel._watched_canvas()
+    assert panel._close_watch.eventFilter(canvas, QCloseEvent()) is False
     assert panel._programmatic_close
     assert panel.on_window_close() is False
     assert f"job(s) {job.id} (train) keep running" in panel.status.text()
