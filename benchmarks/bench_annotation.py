@@ -382,6 +382,16 @@ def render(summary: dict[str, Any], command: str) -> str:
               "whole validation splits unless the n column says less).", ""]
     if selection:
         lines += _selection_lines(selection, score, summary.get("selection_command", "?"))
+    else:
+        lines += [
+            f"The score, **`{score}`** (`core/annotation_sim/triage.py`, the CLI's default), "
+            "was fixed a priori, before any validation result and with no fitted weight: the "
+            "mean of the student's `sample_disagreement` (1 - mean pairwise Dice of its K "
+            "samples) and `refine_disagreement` (1 - Dice between the consensus and the SAM's "
+            "answer to the consensus's box, the refined-first proposal): two signals of an "
+            "error on one scale. (Choosing on training images, as planned, did not fit the "
+            "shared CPU; the student was trained on them, so bad masks are rare there anyway.) "
+            "The other candidates are reported below and were not used to choose.", ""]
     lines += ["#### Validation splits", "",
               "| dataset | n | masks < 0.85 | top 10% | top 20% | top 30% |",
               "|---|---|---|---|---|---|"]

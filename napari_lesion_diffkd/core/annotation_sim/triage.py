@@ -23,9 +23,11 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3)
 #: ``refine_disagreement`` (both 1 - Dice, so one scale; equal weights, fixed a priori).
 SCORES = ("sample_disagreement", "boundary_entropy", "mean_entropy", "refine_disagreement",
           "combined_disagreement")
-#: The score the app ranks by, chosen on TRAINING-split images only (the candidate with the
-#: highest mean top-30% share over PH2, BUS-BRA and DDTI training subsets; the table and
-#: command are in docs/benchmarks.md, section annotation-noc).
+#: The score the app ranks by, fixed a priori (before any validation result, and without a
+#: fitted weight): the student's own spread (``sample_disagreement``) and an independent
+#: model's disagreement with its consensus (``refine_disagreement``) are two signals of an
+#: error on one scale, so their plain mean. docs/benchmarks.md (annotation-noc) reports every
+#: candidate on the validation splits, not used to choose.
 DEFAULT_SCORE = "combined_disagreement"
 
 
