@@ -37,6 +37,9 @@ class TrainConfig:
         amp_bf16: bf16 autocast (CPU and GPU); channels_last memory format.
         augment: use ``augment_batch``; ``dropout_holes`` rectangles of coarse dropout at most
             (0 for small lesions, which a hole can erase while the label keeps them).
+        augment_max_translate: largest random shift as a fraction of the image side (0.08,
+            i.e. +-8%); augment_photometric: brightness jitter +-this, contrast and gamma
+            +-twice this (0 disables). Both passed to ``augment_batch``.
         sampler: default inference sampler stored in the bundle.
         vertical_flip, rotate90: orientation-changing augmentations. On for dermoscopy (no
             up or down in a skin photo); off for ultrasound (the transducer is always at the
@@ -77,8 +80,11 @@ class TrainConfig:
             per-noise regression alone cannot learn (its optimum is the mean mask).
         trajectory_spread_samples: G, samples per image in a batch when the spread term is on
             (the batch then holds batch_size // G images, G noises each).
-        lr_schedule: ``"cosine"`` over ``max_steps`` or ``"plateau"`` (LR x ``plateau_factor``
-            after ``plateau_patience`` validations without a better Dice).
+        lr_schedule: ``"cosine"`` over ``max_steps``, ``"cosine-time"`` over the wall-time
+            budget ``max_minutes`` (required; a time-budgeted run then decays its LR however
+            many steps the machine manages, where a step cosine with an unreachable
+            ``max_steps`` never decays) or ``"plateau"`` (LR x ``plateau_factor`` after
+            ``plateau_patience`` validations without a better Dice).
     """
 
     name: str = "model"
@@ -114,6 +120,8 @@ class TrainConfig:
     channels_last: bool = False
     augment: bool = True
     dropout_holes: int = 4
+    augment_max_translate: float = 0.08
+    augment_photometric: float = 0.15
     vertical_flip: bool = True
     rotate90: bool = True
     sampler: dict[str, Any] = field(

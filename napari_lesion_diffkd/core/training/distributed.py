@@ -65,6 +65,16 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def broadcast_value(value: float, info: DistInfo) -> float:
+    """Rank 0's float, on every rank (e.g. the elapsed minutes a time-based LR reads, so
+    that every rank steps with the same LR)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -84,14 +84,33 @@ def sample_timesteps(
     return torch.where(pick_high, high, uniform)
 
 
-def lr_at(step: int, config: TrainConfig, plateau_scale: float = 1.0) -> float:
-    """Linear warm-up, then cosine decay to 5% over ``max_steps`` or the plateau scale."""
+LR_SCHEDULES = ("cosine", "cosine-time", "plateau")
+
+
+def check_lr_schedule(config: TrainConfig) -> None:
+    """Raise ValueError (one line) for an unknown schedule or a time cosine without budget."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; "
+                         f"choose one of {LR_SCHEDULES}")
+    if config.lr_schedule == "cosine-time" and not config.max_minutes:
+        raise ValueError("lr_schedule 'cosine-time' needs a wall-time budget: set "
+                         "max_minutes in the config or pass --max-minutes")
+
+
+def lr_at(step: int, config: TrainConfig, plateau_scale: float = 1.0,
+          elapsed_minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 5% over ``max_steps`` (``"cosine"``), over the
+    wall-time budget ``max_minutes`` (``"cosine-time"``, using ``elapsed_minutes``, which
+    includes the time before a resume), or the plateau scale."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "plateau":
         return config.lr * plateau_scale
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
+    if config.lr_schedule == "cosine-time" and config.max_minutes:
+        progress = min(1.0, max(0.0, elapsed_minutes / config.max_minutes))
+    else:
+        span = max(1, config.max_steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -379,6 +398,7 @@ def train(
     device = torch.device(device)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    check_lr_schedule(config)
     train_recs, val_recs = group_split(records, config.val_fraction, config.split_seed)
     if not train_recs:
         raise ValueError("no training images after the split: need more data or groups")
@@ -496,10 +516,14 @@ def train(
             images, masks = augment_batch(images, masks, gen,
                                           dropout_holes=config.dropout_holes,
                                           rotate90=config.rotate90,
-                                          vertical_flip=config.vertical_flip)
+                                          vertical_flip=config.vertical_flip,
+                                          max_translate=config.augment_max_translate,
+                                          photometric=config.augment_photometric)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        lr = lr_at(step, config, plateau_scale)
+        if config.lr_schedule == "cosine-time":  # every rank must step with rank 0's LR
+            minutes = ddp.broadcast_value(minutes, info)
+        lr = lr_at(step, config, plateau_scale, minutes)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
