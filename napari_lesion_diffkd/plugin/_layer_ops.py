@@ -56,7 +56,8 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
                  z: int | None = None, model: str | None = None, group: str = "segment",
                  before_replace: Callable[[Any], None] | None = None,
                  roles: tuple[str, ...] = ROLES,
-                 samples_layer: bool | None = None) -> dict[str, Any]:
+                 samples_layer: bool | None = None,
+                 short: str | None = None) -> dict[str, Any]:
     """Show a result as the image's model layers (added, or updated in place).
 
     Args:
@@ -74,6 +75,8 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
             hidden, and cost the GUI thread another labels layer; the samples then ride on
             the consensus layer's marker (``metadata["lesion_diffkd"]["samples"]``, what
             the correction panel starts "from sample k" with).
+        short: Compare's role tag for the layer names (``T`` / ``S``, see
+            :func:`._layers.compare_name`).
 
     Returns:
         ``{role: layer}`` for the roles shown.
@@ -90,16 +93,16 @@ def apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
                                          "cached": seconds == 0.0})
     with log.cause("model", {"model": model, "group": group}):
         return _apply_result(viewer, result, image_layer, z, model, group, before_replace,
-                             roles, samples_layer)
+                             roles, samples_layer, short)
 
 
 def _apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
                   z: int | None, model: str | None, group: str,
                   before_replace: Callable[[Any], None] | None, roles: tuple[str, ...],
-                  samples_layer: bool | None) -> dict[str, Any]:
+                  samples_layer: bool | None, short: str | None) -> dict[str, Any]:
     scale, translate, _ = spatial_transform(image_layer)
     tuples = result_layer_tuples(result, image_layer.name, scale, translate, model, group,
-                                 full_samples=z is not None)
+                                 full_samples=z is not None, short=short)
     layers = {}
     kept_samples = None  # the samples, when they get no layer of their own
     for data, kwargs, kind in tuples:

@@ -9,7 +9,10 @@ Result layers of an image layer called ``<image>``:
 * ``<image> consensus``: labels, (Y, X) or (Z, Y, X) uint8 {0, 1}, editable; drawn as a
   high-contrast outline (:data:`CONSENSUS_COLOR`, :data:`CONSENSUS_CONTOUR`).
 
-The Compare widget names its layers ``<image> [<model>] uncertainty`` etc. Every model layer
+The Compare widget names its layers by the compared model's role, short, so that napari's
+layer list shows them whole at 1366 x 768: ``T: uncertainty · <image>`` (teacher),
+``S: consensus · <image>`` (student), etc.; the model's full name is in the marker and in
+the grid cell's caption. (``<image> [<model>] uncertainty`` was cut off.) Every model layer
 carries ``metadata["lesion_diffkd"]`` (:func:`model_meta`): the widgets find and replace
 *their own* layers through it, never a user's layer that merely has the same name. Its
 ``clean`` digest is the content the layer had when a model or the store last wrote it, so
@@ -38,10 +41,18 @@ CONSENSUS_COLORS = {0: "transparent", 1: CONSENSUS_COLOR, None: CONSENSUS_COLOR}
 CONSENSUS_CONTOUR = 2
 
 
-def layer_names(image_name: str, model: str | None = None) -> dict[str, str]:
-    """The three result layer names for an image layer name (``model`` for Compare)."""
-    base = image_name if model is None else f"{image_name} [{model}]"
-    return {role: base + suffix for role, suffix in SUFFIXES.items()}
+def layer_names(image_name: str, short: str | None = None) -> dict[str, str]:
+    """The three result layer names for an image layer name (``short``: Compare's role tag,
+    e.g. ``T`` or ``S``, see :func:`compare_name`)."""
+    if short is not None:
+        return {role: compare_name(short, role, image_name) for role in SUFFIXES}
+    return {role: image_name + suffix for role, suffix in SUFFIXES.items()}
+
+
+def compare_name(short: str, role: str, image_name: str) -> str:
+    """A Compare layer's name: ``T: consensus · lesion``. The tag and the role come first:
+    the layer list cuts long names off at the right."""
+    return f"{short}: {role} \u00b7 {image_name}"
 
 
 def digest(data: Any) -> str:
@@ -95,6 +106,7 @@ def result_layer_tuples(
     model: str | None = None,
     group: str = "segment",
     full_samples: bool = False,
+    short: str | None = None,
 ) -> list[tuple[np.ndarray, dict[str, Any], str]]:
     """Layer tuples ``(data, kwargs, kind)`` for a result whose maps are already in the
     image layer's data frame.
@@ -109,8 +121,12 @@ def result_layer_tuples(
         group: the marker's group (see :func:`model_meta`).
         full_samples: samples at the image's shape even when the result has a smaller
             working shape (e.g. to write one slice into a volume layer).
+        short: Compare's role tag for the names (:func:`compare_name`); for group
+            ``compare`` without one, the model label is the tag.
     """
-    names = layer_names(image_name, model if group == "compare" else None)
+    if group == "compare" and short is None:
+        short = model
+    names = layer_names(image_name, short if group == "compare" else None)
     scale, translate = [float(v) for v in scale], [float(v) for v in translate]
     samples = np.asarray(result.full_samples() if full_samples and hasattr(
         result, "full_samples") else result.samples).astype(np.uint8)

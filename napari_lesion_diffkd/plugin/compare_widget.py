@@ -1,7 +1,10 @@
 """Dock widget "Compare teacher / student": two models on the same image, side by side.
 
-Each model's consensus and uncertainty become their own layers (``<image> [<model>]
-consensus`` / ``uncertainty``, found again by their marker on a re-run). "Side by side" turns
+Each model's consensus and uncertainty become their own layers, named short by the model's
+role so that the layer list shows them whole on a laptop screen (``T: consensus · <image>``
+for the teacher, ``S: uncertainty · <image>`` for the student; the model's full name is in
+the cell's caption and the layer's marker) and found again by their marker on a re-run; a
+re-run with other models updates the same layers (the role's layers go to the new model). "Side by side" turns
 on napari's grid mode with three layers per cell (a view of the image, the uncertainty, the
 consensus, and a caption naming the model: "teacher: <label>" / "student: <label>") and
 hides every other layer until it is turned off again; the camera is reset so each cell shows
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 CELL = ("view", "uncertainty", "consensus", "caption")  # bottom to top within one grid cell
 ROLES = ("teacher", "student")  # the compared models, in order
+SHORT = {"teacher": "T", "student": "S"}  # their tag in the layer names (_layers.compare_name)
 
 
 class CompareWidget(QWidget):
@@ -243,18 +247,20 @@ class CompareWidget(QWidget):
         image = self.viewer.layers[name]
         self.last_result = result
         z = self._target["z"]
+        self._retarget(image.name, {run.label: SHORT[tag]
+                                    for tag, run in zip(ROLES, result.runs)})
         # One layer per event-loop turn (_gui_steps): eight new layers in one slot froze
         # napari for seconds. The worker counts as running until the last step is done.
         steps: list[Any] = []
-        for run in result.runs:
+        for tag, run in zip(ROLES, result.runs):
             for role in ("uncertainty", "consensus"):
-                steps.append(lambda run=run, role=role: apply_result(
+                steps.append(lambda run=run, role=role, tag=tag: apply_result(
                     self.viewer, run.result, image, z=z, model=run.label, group="compare",
-                    roles=(role,)))
-            steps.append(lambda run=run: self._image_view(image, run.label))
+                    roles=(role,), short=SHORT[tag]))
+            steps.append(lambda run=run, tag=tag: self._image_view(image, run.label, tag))
         for role, run in zip(ROLES, result.runs):
             steps.append(lambda role=role, run=run: self._caption(
-                image, run.label, f"{role}: {run.label}"))
+                image, run.label, f"{role}: {run.label}", SHORT[role]))
         steps.append(lambda: self._show_numbers(result))
         steps.append(lambda: self.show_grid(self.grid_check.isChecked()))
         self._steps.run(steps)
@@ -272,24 +278,40 @@ class CompareWidget(QWidget):
         self.status.setText(f"done: {result.runs[0].label} {result.runs[0].seconds:.2f} s, "
                             f"{result.runs[1].label} {result.runs[1].seconds:.2f} s")
 
-    def _image_view(self, image: Any, model: str) -> None:
+    def _retarget(self, image: str, tags: dict[str, str]) -> None:
+        """Hand this image's Compare layers of an earlier comparison to the model now in
+        their role (``tags``: model -> its tag now), so that this run updates them in place:
+        new layers would stack under them with the same short names. (Removing them
+        instead crashed software OpenGL, llvmpipe, in glDrawArrays on the next draw.)"""
+        from napari_lesion_diffkd.plugin._layers import META_KEY, managed
+
+        models = {tag: model for model, tag in tags.items()}
+        for layer in self.viewer.layers:
+            marker = managed(layer)
+            if not marker or marker.get("group") != "compare" or marker.get("image") != image:
+                continue
+            model = models.get(layer.name.split(":", 1)[0])
+            if model is not None and marker.get("model") != model:
+                layer.metadata = {**layer.metadata, META_KEY: {**marker, "model": model}}
+
+    def _image_view(self, image: Any, model: str, tag: str = "teacher") -> None:
         """A second image layer over the same array, for this model's grid cell."""
         from napari_lesion_diffkd.plugin._layer_ops import find_managed
-        from napari_lesion_diffkd.plugin._layers import model_meta
+        from napari_lesion_diffkd.plugin._layers import compare_name, model_meta
 
         if find_managed(self.viewer, image.name, "view", "compare", model) is not None:
             return
-        kwargs = {"name": f"{image.name} [{model}] view", "scale": image.scale,
+        kwargs = {"name": compare_name(SHORT[tag], "view", image.name), "scale": image.scale,
                   "translate": image.translate, "rgb": image.rgb,
                   "metadata": model_meta("view", image.name, "compare", model)}
         if not image.rgb:
             kwargs.update(colormap=image.colormap.name, contrast_limits=image.contrast_limits)
         self.viewer.add_image(image.data, **kwargs)  # shares the data: no copy
 
-    def _caption(self, image: Any, model: str, text: str) -> None:
+    def _caption(self, image: Any, model: str, text: str, short: str = "T") -> None:
         """A text label centred above the image, the caption of this model's cell."""
         from napari_lesion_diffkd.plugin._layer_ops import find_managed
-        from napari_lesion_diffkd.plugin._layers import model_meta
+        from napari_lesion_diffkd.plugin._layers import compare_name, model_meta
 
         layer = find_managed(self.viewer, image.name, "caption", "compare", model)
         height = float(np.asarray(image.data).shape[image.ndim - 2])
@@ -305,7 +327,7 @@ class CompareWidget(QWidget):
             corner[0, 0] = self._target.get("z") or 0
         scale, translate = list(image.scale), list(image.translate)
         self.viewer.add_points(
-            corner, name=f"{image.name} [{model}] caption", scale=scale, translate=translate,
+            corner, name=compare_name(short, "caption", image.name), scale=scale, translate=translate,
             size=1, face_color="transparent", border_width=0, text=text_style,
             metadata=model_meta("caption", image.name, "compare", model))
 

@@ -32,18 +32,19 @@ def test_compare_side_by_side_dice_latency_params(viewer, ph2_image, qtbot) -> N
     assert all(w.table.item(i, 1).text().endswith(" s") for i in range(2))
     # Each model was warmed up once after loading: its latency is the steady-state one.
     assert all(r.warmup_seconds > 0 and r.load_seconds > 0 for r in result.runs)
-    for model in (TEACHER, STUDENT):
+    for tag in "TS":
         for role in ("view", "uncertainty", "consensus", "caption"):
-            assert f"lesion [{model}] {role}" in viewer.layers
+            assert f"{tag}: {role} \u00b7 lesion" in viewer.layers
     # Captions name each cell's role and model.
     for role, model in (("teacher", TEACHER), ("student", STUDENT)):
-        caption = viewer.layers[f"lesion [{model}] caption"]
+        caption = viewer.layers[f"{role[0].upper()}: caption \u00b7 lesion"]
         assert caption.text.values[0].startswith(f"{role}: {model}")
+        assert caption.metadata["lesion_diffkd"]["model"] == model
     # Grid: one cell per model (view, uncertainty, consensus, caption), all else hidden.
     grid = viewer_grid(viewer)
     assert grid.enabled and grid.stride == 4 and grid.actual_shape(viewer.layers) == (1, 2)
     assert not mine.visible and not viewer.layers["lesion"].visible
-    assert grid.position(viewer.layers.index(f"lesion [{STUDENT}] consensus"),
+    assert grid.position(viewer.layers.index("S: consensus \u00b7 lesion"),
                          viewer.layers) == (0, 1)
     # The camera shows the whole image in each cell (reset, not the earlier zoomed crop).
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
@@ -62,8 +63,8 @@ def test_compare_side_by_side_dice_latency_params(viewer, ph2_image, qtbot) -> N
     assert not grid.enabled and mine.visible and viewer.layers["lesion"].visible
     # Grid off: only the student's overlays stay on the image; no views, no captions.
     for role in ("view", "uncertainty", "consensus", "caption"):
-        assert not viewer.layers[f"lesion [{TEACHER}] {role}"].visible
-        assert viewer.layers[f"lesion [{STUDENT}] {role}"].visible == (
+        assert not viewer.layers[f"T: {role} \u00b7 lesion"].visible
+        assert viewer.layers[f"S: {role} \u00b7 lesion"].visible == (
             role in ("uncertainty", "consensus"))
 
 
@@ -147,3 +148,60 @@ def test_correction_start_accept_reject_undo_redo_and_hook(viewer, ph2_image, qt
     assert proposal.data.sum() > consensus.data.sum()
     w.accept()
     assert target.metadata[META_KEY]["save_kind"] == "sam-assisted"
+
+
+def _shown_whole(viewer, layer) -> bool:
+    """Whether napari's layer list shows ``layer``'s name without eliding it (its delegate
+    elides in the middle; text rect as the item view lays the row out)."""
+    from napari._qt.containers._base_item_model import ItemRole
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QStyle, QStyleOptionViewItem
+
+    view = viewer.window._qt_viewer.layers
+    model = view.model()
+    index = next(model.index(row, 0) for row in range(model.rowCount())
+                 if model.index(row, 0).data(ItemRole) is layer)
+    option = QStyleOptionViewItem()
+    option.rect = view.visualRect(index)
+    view.itemDelegate().initStyleOption(option, index)
+    view.itemDelegate().get_layer_icon(option, index)
+    text = view.style().subElementRect(QStyle.SubElement.SE_ItemViewItemText, option, view)
+    return option.fontMetrics.elidedText(
+        layer.name, Qt.TextElideMode.ElideMiddle, text.width()) == layer.name
+
+
+def test_compare_layer_names_are_short_unique_and_shown_whole_at_1366x768(
+        make_napari_viewer, ph2_image, qtbot) -> None:
+    viewer = make_napari_viewer(show=True)  # shown, as a user's: docks lay out for real
+    viewer.window._qt_window.resize(1366, 768)
+    viewer.add_image(ph2_image, name="lesion", rgb=True)
+    _, w = viewer.window.add_plugin_dock_widget("napari-lesion-diffkd",
+                                                "Compare teacher / student")
+    wait_ready(qtbot, w.teacher_picker, w.student_picker)
+    # The former name pattern is cut off in this layer list (the check can fail).
+    old = viewer.add_labels(np.zeros((4, 4), np.uint8), name=f"lesion [{TEACHER}] consensus")
+    qtbot.wait(100)
+    assert not _shown_whole(viewer, old)
+    viewer.layers.remove(old)
+    w.samples_spin.setValue(2)
+    w.run()
+    wait_idle(qtbot, w)
+    ours = [layer for layer in viewer.layers
+            if (layer.metadata.get("lesion_diffkd") or {}).get("group") == "compare"]
+    names = [layer.name for layer in ours]
+    assert len(ours) == 8 and len(set(names)) == 8, names
+    assert all(_shown_whole(viewer, layer) for layer in ours), names
+    # Each name says whose it is: T (teacher) or S (student), as the marker.
+    for layer in ours:
+        model = layer.metadata["lesion_diffkd"]["model"]
+        assert layer.name.startswith("T: " if model == TEACHER else "S: ")
+    # Compared again with the roles swapped: each role's layers are reused for the model
+    # now in it (no second set under the same names).
+    assert w.teacher_picker.select(STUDENT) and w.student_picker.select(TEACHER)
+    w.run()
+    wait_idle(qtbot, w)
+    assert [layer.name for layer in viewer.layers if layer.name != "lesion"] == names
+    assert viewer.layers["S: consensus \u00b7 lesion"].metadata["lesion_diffkd"]["model"] \
+        == TEACHER
+    caption = viewer.layers["S: caption \u00b7 lesion"]
+    assert caption.text.values[0] == f"student: {TEACHER}"
