@@ -186,8 +186,7 @@ def measure_triage(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             key = (name, rec.id)
             result = run_to_completion(propose(image, key))
-            refined = refine_consensus(backend, image, result.mask,
-                                       backend.image_key(image, key))
+            refined = refine_consensus(backend, image, result.mask, key)
             scores = with_refine_scores(result.scores, refined.disagreement)
             per["dice"].append(dice(result.mask, gt))
             for s in SCORES:

@@ -341,9 +341,13 @@ def test_refined_first_never_needs_more_prompts_than_sam_first_when_it_restarts(
     from napari_lesion_diffkd.core.jobs import run_to_completion
 
     models = build_models(ph2_records, sam_backend, "lesion-sam-tiny")
+    sam_backend.session.clear_cache()
+    before = sam_backend.session.encode_count
     result = run_to_completion(simulate_annotation(
         ph2_records, models, ("sam-first", "refined-first"),
         Policy(max_prompts=3, restart_below=0.9)))
+    # One encoding per image, shared by the refinement and every workflow.
+    assert sam_backend.session.encode_count - before == len(ph2_records)
     rows = {(r["id"], r["workflow"]): r for r in result.rows}
     for rec in ph2_records:
         mine, theirs = rows[(rec.id, "refined-first")], rows[(rec.id, "sam-first")]
@@ -353,6 +357,31 @@ def test_refined_first_never_needs_more_prompts_than_sam_first_when_it_restarts(
         assert mine["first_dice"] > 0.5  # the student's consensus, refined, on PH2
     assert result.summary["refined-first"]["noc@90"] <= result.summary["sam-first"]["noc@90"]
     assert 0 <= result.triage["ph2_dermoscopy"]["refined_shown"] <= 1
+
+
+def test_each_image_is_encoded_once_and_replayed_chains_match(ph2_records,
+                                                              sam_backend) -> None:
+    """All workflows and the refinement share one encoding per image; a box-started chain
+    replayed from the memo gives the same masks as decoding it again."""
+    from napari_lesion_diffkd.core.annotation_sim.clicks import lesion_box, standard_click
+    from napari_lesion_diffkd.core.annotation_sim.sam_annotator import SamAnnotator
+    from napari_lesion_diffkd.core.data.datasets import read_pair
+
+    image, gt = read_pair(ph2_records[1])
+    sam_backend.session.clear_cache()
+    before = sam_backend.session.encode_count
+    memo: dict = {}
+    answers = []
+    for use_memo in (memo, memo, None):
+        a = SamAnnotator(sam_backend, image, "img", memo=use_memo)
+        first = a.box(lesion_box(gt))
+        second = a.click(standard_click(first, gt))
+        answers.append((first, second, a.seconds))
+    assert sam_backend.session.encode_count - before == 1
+    assert len(memo) == 2  # the box, then box + click
+    for first, second, seconds in answers[1:]:
+        assert np.array_equal(first, answers[0][0]) and np.array_equal(second, answers[0][1])
+        assert seconds > 0  # replayed decoder time is still charged
 
 
 def test_an_unknown_triage_score_is_refused(ph2_records, sam_backend) -> None:

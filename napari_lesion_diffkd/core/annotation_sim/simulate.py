@@ -200,9 +200,9 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
         # that prompts on it is charged that encoding once, and refined-first always (its
         # proposal needs the embedding).
         encode_seconds = SamAnnotator(models.sam, image, key).encode()
+        memo: dict = {}  # box-started prompt chains, shared by this image's workflows
         t0 = time.perf_counter()
-        refined = refine_consensus(models.sam, image, student.mask,
-                                   models.sam.image_key(image, key))
+        refined = refine_consensus(models.sam, image, student.mask, key)
         refine_seconds = time.perf_counter() - t0
         proposals["refined"] = Proposal(
             mask=refined.mask, uncertainty=None, model=student.model,
@@ -217,7 +217,7 @@ def simulate_annotation(records: Sequence, models: AnnotationModels,
         for w in workflows:
             first = FIRST_MASK[w]
             proposal = None if first is None else proposals[first]
-            annotator = SamAnnotator(models.sam, image, key)
+            annotator = SamAnnotator(models.sam, image, key, memo=memo)
             trace = annotate_image(w, gt, annotator, proposal, policy)
             if trace.prompts and w != "refined-first":  # refined-first paid it already
                 trace.seconds += encode_seconds
