@@ -152,5 +152,6 @@ def test_open_segment_sam_correct_save_finetune_pick_compare(viewer, qtbot, tmp_
     assert 0.0 <= result.dice <= 1.0 and result.runs[0].params == 3_056_241
     grid = viewer_grid(viewer)
     assert grid.enabled and grid.actual_shape(viewer.layers) == (1, 2)
-    assert f"{name} [{new_model}] consensus" in viewer.layers
-    assert f"{name} [{STUDENT}] consensus" in viewer.layers
+    for tag, model in (("T", new_model), ("S", STUDENT)):  # short names, model in marker
+        assert viewer.layers[f"{tag}: consensus \u00b7 {name}"].metadata[
+            "lesion_diffkd"]["model"] == model
