@@ -14,8 +14,10 @@ Two graph kinds, both with a dynamic batch axis:
   baselines): input ``image`` (N, C, S, S), output ``logits`` (N, 1, S, S).
 * **SAM image encoder**: input ``image`` (1, 3, S, S) float32, already normalised by the SAM's
   pixel mean/std and zero-padded bottom/right (``sam_encoder_input``), output
-  ``image_embeddings`` (1, C, h, w). The prompt decoder's graph lives in
-  ``core/sam/onnx_export.py`` (with its crop-size fix) and is reused as is.
+  ``image_embeddings`` (1, C, h, w). Its channel LayerNorms (the neck's ``LayerNorm2d``) are
+  traced as 1 x 1 convolutions (``onnx_export.with_conv_layer_norms``: same maths, no slow
+  axis-1 ``ReduceMean``). The prompt decoder's graph lives in ``core/sam/onnx_export.py``
+  (with its crop-size fix) and is reused as is.
 """
 
 from __future__ import annotations
@@ -76,8 +78,10 @@ class SamEncoderGraph(nn.Module):
     """``normalised padded image -> image embedding`` of a ``segment_anything`` ``Sam``."""
 
     def __init__(self, sam: nn.Module) -> None:
+        from napari_lesion_diffkd.core.sam.onnx_export import with_conv_layer_norms
+
         super().__init__()
-        self.image_encoder = sam.image_encoder
+        self.image_encoder = with_conv_layer_norms(sam.image_encoder)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(image)

@@ -11,7 +11,12 @@ graph returns the chosen mask's logits at the original image size. Two differenc
   Here the crop slices with the tensor itself, so the bound stays dynamic in the graph;
 * **mask choice**: a ``multimask`` input (1.0 / 0.0) picks the best-scored of the three
   multimask outputs or the single-mask output, exactly as ``PromptSession.predict`` does,
-  instead of inferring it from the number of points.
+  instead of inferring it from the number of points;
+* **channel LayerNorm as 1 x 1 convolutions** (:class:`ConvLayerNorm2d`, on a copy of the
+  decoder): ``segment_anything``'s ``LayerNorm2d`` traces to ``ReduceMean`` over axis 1,
+  which ONNX Runtime runs slowly on a (1, 64, 128, 128) tensor (two of them: 7 of the
+  decoder's 84 ms at 1 thread, ``docs/medsam-lite.md``); a 1 x 1 convolution with weights
+  1/C is the same mean and costs well under a millisecond.
 
 Exported with the TorchScript exporter (``dynamo=False``; the dynamo exporter needs
 ``onnxscript`` and fails on the same crop), opset 17.
@@ -25,8 +30,10 @@ Outputs: ``masks`` (1, 1, Y, X) logits; ``iou_predictions`` (1, 1); ``low_res_ma
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +47,44 @@ INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input",
                "has_mask_input", "multimask", "orig_im_size")
 OUTPUT_NAMES = ("masks", "iou_predictions", "low_res_masks")
 OPSET = 17
+#: Bumped when the exported SAM graphs change (2: channel LayerNorms as 1 x 1 convolutions),
+#: so that ``core.onnx.cache`` does not reuse files exported by an older version.
+SAM_GRAPH_VERSION = 2
+
+
+class ConvLayerNorm2d(nn.Module):
+    """``segment_anything``'s ``LayerNorm2d`` (normalise over the channels of (N, C, H, W))
+    with the two channel means as 1 x 1 convolutions, so that the exported graph has
+    ``Conv`` instead of the slow axis-1 ``ReduceMean``. Same maths; float32 results differ
+    from the original by summation order only (~1e-7 relative)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        c = int(norm.weight.shape[0])
+        self.eps = float(norm.eps)
+        self.weight = nn.Parameter(norm.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(norm.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("mean_kernel", torch.full((1, c, 1, 1), 1.0 / c), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = F.conv2d(x, self.mean_kernel)
+        d = x - u
+        s = F.conv2d(d * d, self.mean_kernel)
+        x = d / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def with_conv_layer_norms(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` in which every ``LayerNorm2d`` is a :class:`ConvLayerNorm2d`
+    (the original, shared with the torch session, is left untouched)."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_modules()):
+        if type(child).__name__ != "LayerNorm2d" or not name:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, ConvLayerNorm2d(child))
+    return module
 
 
 class SamDecoderOnnx(nn.Module):
@@ -47,8 +92,8 @@ class SamDecoderOnnx(nn.Module):
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
+        self.prompt_encoder = with_conv_layer_norms(sam.prompt_encoder)
+        self.mask_decoder = with_conv_layer_norms(sam.mask_decoder)
         self.img_size = int(sam.image_encoder.img_size)
 
     def _sparse(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -163,6 +208,25 @@ def export_decoder_onnx(sam: nn.Module, path: str | Path, opset: int = OPSET) ->
     return path
 
 
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session for a SAM graph.
+
+    All graph optimisations (``ORT_ENABLE_ALL``: constant folding, LayerNorm / GELU /
+    MatMul+Add fusions, NCHWc convolutions), sequential execution with one inter-op thread
+    (the graphs are chains; a parallel executor only adds scheduling), the default memory
+    arena. ``threads``: intra-op threads (None: ONNX Runtime's default, one per core).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxDecoder:
     """Runs an exported decoder with onnxruntime (CPU) on image-frame prompts.
 
@@ -171,13 +235,7 @@ class OnnxDecoder:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
 
     def run(self, embedding: np.ndarray, image_hw: tuple[int, int], img_size: int,
             low_res_hw: tuple[int, int], points_xy: np.ndarray | None = None,
