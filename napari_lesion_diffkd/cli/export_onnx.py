@@ -5,7 +5,9 @@
   (``core/onnx/driver.py`` runs it with the same seeds as torch);
 * plain segmentation bundles (``*-unet``): one graph ``image -> logits``;
 * SAMs (``lesion-sam-tiny``, ``sam_vit_b``, a checkpoint file): ``--out sam.onnx`` writes
-  ``sam.encoder.onnx`` and ``sam.decoder.onnx``.
+  ``sam.encoder.onnx`` and ``sam.decoder.onnx``; with ``--precision int8`` (the default for
+  ``medsam-lite``) also ``sam.encoder.int8.onnx`` and ``sam.decoder.int8.onnx``
+  (``core/onnx/sam_quant.py``).
 
 Prints one JSON line (files, kind, and with ``--check`` the largest torch/ONNX Runtime
 difference on a random input). Exit 2 with a message for an unknown model, an unwritable
@@ -26,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="registered model name, bundle folder, or SAM checkpoint name/file")
     p.add_argument("--out", required=True,
                    help="output .onnx file (a SAM writes OUT.encoder.onnx + OUT.decoder.onnx)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                   help="SAMs: int8 also writes the dynamically quantised pair "
+                        "(default: int8 for medsam-lite, fp32 for the others)")
     p.add_argument("--check", action="store_true",
                    help="also run torch and ONNX Runtime on a random input and report the "
                         "largest difference")
@@ -62,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        files = export_model(args.model, out)
-    except (LookupError, BundleError, SamCheckpointError, OnnxExportError) as exc:
+        files = export_model(args.model, out, precision=args.precision)
+    except (LookupError, BundleError, SamCheckpointError, OnnxExportError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 Location: ``<cache>/onnx/`` with ``<cache>`` = ``$LESION_DIFFKD_CACHE`` or
 ``~/.cache/napari-lesion-diffkd`` (``core/cache_paths.cache_root``).
 File name: ``<bundle name>-<first 16 hex of the weights' SHA-256>-opset<N>.onnx`` (SAMs:
-``...encoder.onnx`` / ``...decoder.onnx``). The hash keys the file to the exact weights: a
+``...-g<graph version>.encoder.onnx`` / ``...decoder.onnx``, and the int8 pair
+``...encoder.int8.onnx`` / ``...decoder.int8.onnx`` of ``sam_quant.py`` when asked for; the
+graph version changes when the exported SAM graph does, so an older file is not reused). The hash keys the file to the exact weights: a
 re-trained bundle under the same name gets a new file, and an old file is never reused for
 new weights. Writes are atomic (``export.py``), so two processes exporting the same bundle at
 once both end with a complete file.
@@ -61,11 +63,36 @@ def cached_bundle_onnx(bundle: Any, folder: str | Path | None = None) -> Path:
     return path
 
 
-def cached_sam_onnx(loaded: Any, folder: str | Path | None = None) -> tuple[Path, Path]:
-    """The cached ``(encoder, decoder)`` files of a :class:`LoadedSam`, exported on first use."""
+def cached_sam_onnx(loaded: Any, folder: str | Path | None = None,
+                    precision: str = "fp32") -> tuple[Path, Path]:
+    """The cached ``(encoder, decoder)`` files of a :class:`LoadedSam`, exported on first use.
+
+    Args:
+        precision: ``fp32`` (the exported graphs) or ``int8`` (``sam_quant.quantize_sam`` of
+            them, written next to the float32 pair, which is kept as the reference).
+    """
+    from napari_lesion_diffkd.core.onnx.export import read_metadata
+    from napari_lesion_diffkd.core.onnx.sam_quant import (
+        QUANT_RECIPE,
+        check_precision,
+        int8_paths,
+        quantize_sam,
+    )
+    from napari_lesion_diffkd.core.sam.onnx_export import SAM_GRAPH_VERSION
+
+    check_precision(precision)
     sha = weights_sha256(loaded.path)
-    out = Path(folder or onnx_cache_dir()) / f"{_key(loaded.name, sha)}.onnx"
+    out = (Path(folder or onnx_cache_dir())
+           / f"{_key(loaded.name, sha)}-g{SAM_GRAPH_VERSION}.onnx")
     enc, dec = sam_paths(out)
-    if sha is None or not (enc.is_file() and dec.is_file()):
+    fresh = sha is None or not (enc.is_file() and dec.is_file())
+    if fresh:
         export_sam(loaded, out, weights_sha256=sha)
-    return enc, dec
+    if precision == "fp32":
+        return enc, dec
+    enc8, dec8 = int8_paths(enc, dec)
+    # Re-quantised when missing or made by another recipe (a different node selection).
+    if fresh or not all(p.is_file() and read_metadata(p).get("quantization") == QUANT_RECIPE
+                        for p in (enc8, dec8)):
+        quantize_sam(enc, dec)
+    return enc8, dec8

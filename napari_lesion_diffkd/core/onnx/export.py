@@ -246,7 +246,8 @@ def is_sam_model(name_or_path: str | os.PathLike) -> bool:
         return False
 
 
-def export_model(name_or_path: str | os.PathLike, out: str | Path) -> list[Path]:
+def export_model(name_or_path: str | os.PathLike, out: str | Path,
+                 precision: str | None = None) -> list[Path]:
     """Load a registered model, bundle folder or SAM checkpoint and export it.
 
     Args:
@@ -254,6 +255,9 @@ def export_model(name_or_path: str | os.PathLike, out: str | Path) -> list[Path]
             name / file (``sam_vit_b``, ``path/to/medsam_vit_b.pth``, ``lesion-sam-tiny``).
         out: the ``.onnx`` file (SAMs: the stem of the encoder/decoder pair, see
             :func:`sam_paths`).
+        precision: SAMs only: ``fp32`` writes the float32 pair; ``int8`` also writes the
+            int8 pair next to it (``sam_quant.py``); None: the SAM's default
+            (``sam_quant.default_precision``: int8 for ``medsam-lite``).
 
     Returns:
         The written files.
@@ -268,7 +272,19 @@ def export_model(name_or_path: str | os.PathLike, out: str | Path) -> list[Path]
     if is_sam_model(name_or_path):
         from napari_lesion_diffkd.core.sam.loading import load_sam
 
+        from napari_lesion_diffkd.core.onnx.sam_quant import (
+            check_precision,
+            default_precision,
+            quantize_sam,
+        )
+
         loaded = load_sam(name_or_path, device="cpu")
-        return list(export_sam(loaded, out, weights_sha256=weights_sha256(loaded.path)))
+        precision = check_precision(precision or default_precision(loaded.name))
+        files = list(export_sam(loaded, out, weights_sha256=weights_sha256(loaded.path)))
+        if precision == "int8":
+            files += list(quantize_sam(*files))
+        return files
+    if precision not in (None, "fp32"):
+        raise ValueError(f"precision {precision!r} applies to SAMs only")
     bundle = load_model(name_or_path, device="cpu")
     return [export_bundle(bundle, out, weights_sha256=weights_sha256(bundle.path))]

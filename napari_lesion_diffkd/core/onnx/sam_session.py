@@ -10,7 +10,11 @@ frame: points (N, 2) ``(x, y)``, boxes (4,) XYXY; masks come back (Y, X) bool.
   preprocessing, done in torch by the loaded model's ``preprocess`` (ImageNet mean/std for
   the official SAMs and ``lesion-sam-tiny``, min-max to [0, 1] for ``medsam-lite``);
 * decoder: ``<stem>.decoder.onnx`` (``core.sam.onnx_export.SamDecoderOnnx``, the crop-size
-  fix), through ``core.sam.onnx_export.OnnxDecoder``.
+  fix), through ``core.sam.onnx_export.OnnxDecoder``;
+* precision: ``from_loaded`` / ``load_onnx_correction_backend`` open the int8 pair
+  (``sam_quant.py``) for the SAMs whose int8 box Dice was measured within 0.005 of float32
+  (``sam_quant.DEFAULT_PRECISION``: ``medsam-lite``) and float32 otherwise; pass
+  ``precision="fp32"`` for the reference graphs.
 
 No test-time flip (one pass). The encoder run can be cancelled from another thread through
 a ``core.sam.prefetch.CancelToken`` (``RunOptions.terminate``).
@@ -27,9 +31,11 @@ import numpy as np
 import torch
 
 from napari_lesion_diffkd.core.onnx.cache import cached_sam_onnx
+from napari_lesion_diffkd.core.onnx.export import read_metadata
+from napari_lesion_diffkd.core.onnx.sam_quant import check_precision, default_precision
 from napari_lesion_diffkd.core.sam.coords import box_region
 from napari_lesion_diffkd.core.sam.inputs import image_to_input, mask_to_prompt_logits
-from napari_lesion_diffkd.core.sam.onnx_export import OnnxDecoder
+from napari_lesion_diffkd.core.sam.onnx_export import OnnxDecoder, ort_session
 from napari_lesion_diffkd.core.sam.prefetch import CancelToken, EncodeCancelled
 from napari_lesion_diffkd.core.sam.session import (
     OUTSIDE_BOX_LOGIT,
@@ -56,22 +62,23 @@ class OnnxPromptSession(EmbeddingCache):
     def __init__(self, sam: torch.nn.Module, encoder_path: str | Path,
                  decoder_path: str | Path, threads: int | None = None,
                  cache_size: int = 4) -> None:
-        import onnxruntime as ort
-
         self.sam = sam.eval()
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        self.encoder = ort.InferenceSession(str(encoder_path), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        self.encoder = ort_session(encoder_path, threads)
         self.decoder = OnnxDecoder(decoder_path, threads=threads)
+        self.precision = str(read_metadata(encoder_path).get("precision", "fp32"))
         self._init_cache(cache_size)
 
     @classmethod
-    def from_loaded(cls, loaded: Any, threads: int | None = None,
-                    cache_size: int = 4) -> OnnxPromptSession:
-        """Export (once, into the ONNX cache) and open a :class:`LoadedSam`."""
-        enc, dec = cached_sam_onnx(loaded)
+    def from_loaded(cls, loaded: Any, threads: int | None = None, cache_size: int = 4,
+                    precision: str | None = None) -> OnnxPromptSession:
+        """Export (once, into the ONNX cache) and open a :class:`LoadedSam`.
+
+        Args:
+            precision: ``fp32`` | ``int8``; None: ``sam_quant.default_precision`` of the
+                SAM's name (int8 for ``medsam-lite``).
+        """
+        precision = default_precision(loaded.name) if precision is None else precision
+        enc, dec = cached_sam_onnx(loaded, precision=check_precision(precision))
         return cls(loaded.model.to("cpu"), enc, dec, threads=threads, cache_size=cache_size)
 
     def is_cached(self, key: Hashable) -> bool:
@@ -159,17 +166,20 @@ class OnnxPromptSession(EmbeddingCache):
 
 
 def load_onnx_correction_backend(name_or_path: Any = None, threads: int | None = None,
-                                 **kwargs: Any) -> Any:
+                                 precision: str | None = None, **kwargs: Any) -> Any:
     """A ``core.sam.correction_backend.SamCorrection`` answering with ONNX Runtime (CPU).
 
     Args:
         name_or_path: as ``load_correction_backend`` (None: ``default_sam()``).
-        threads: ONNX Runtime intra-op threads. kwargs: passed to ``SamCorrection``.
+        threads: ONNX Runtime intra-op threads.
+        precision: ``fp32`` | ``int8`` | None (the SAM's default, int8 for ``medsam-lite``).
+        kwargs: passed to ``SamCorrection``.
     """
     from napari_lesion_diffkd.core.sam.correction_backend import SamCorrection, default_sam
     from napari_lesion_diffkd.core.sam.loading import load_sam
 
     loaded = load_sam(default_sam() if name_or_path is None else name_or_path, device="cpu")
     session = OnnxPromptSession.from_loaded(loaded, threads=threads,
-                                            cache_size=int(kwargs.pop("cache_size", 4)))
+                                            cache_size=int(kwargs.pop("cache_size", 4)),
+                                            precision=precision)
     return SamCorrection(loaded, device="cpu", session=session, **kwargs)
