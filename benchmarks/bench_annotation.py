@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--triage-only", action="store_true",
                    help="only the triage scores (student + SAM refinement) into --json")
+    p.add_argument("--complement-of", type=int, default=0,
+                   help="the split's images NOT in the evenly spaced subset of this size (the "
+                        "rest of an earlier --images N run; --from-json merges the two)")
     p.add_argument("--split", default="validation", choices=("validation", "train"),
                    help="train: for choosing the triage score without validation images")
     p.add_argument("--triage-score", default=None,
@@ -81,6 +84,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a --triage-only --split train result: the table the triage score "
                         "is chosen by")
     return p.parse_args(argv)
+
+
+def merge_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One dataset's two runs on disjoint images (``--complement-of``) as one: the summary
+    recomputed from the per-image rows (exact NoC / reached columns), the triage from the
+    per-image scores."""
+    from napari_lesion_diffkd.core.annotation_sim.triage import SCORES, triage_shares
+
+    rows = a["rows"] + b["rows"]
+    ids = [(r["dataset"], r["id"], r["workflow"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the runs to merge share images")
+    targets = sorted({k.split("@")[1] for k in rows[0] if k.startswith("noc@")}, key=float)
+    summary: dict[str, Any] = {}
+    for w in a["summary"]:
+        sub = [r for r in rows if r["workflow"] == w]
+        n = len(sub)
+        out: dict[str, Any] = {}
+        for t in targets:
+            out[f"noc@{t}"] = sum(r[f"noc@{t}"] for r in sub) / n
+            out[f"failed@{t}"] = sum(1 - r[f"reached@{t}"] for r in sub) / n
+            out[f"no_prompt@{t}"] = sum(r[f"noc@{t}"] == 0 and r[f"reached@{t}"]
+                                        for r in sub) / n
+        out["no_prompt"] = out[f"no_prompt@{targets[-1]}"]
+        out["images"] = n
+        out["seconds_per_image"] = sum(r["seconds"] for r in sub) / n
+        out["restarted"] = sum(r["restarted"] for r in sub) / n
+        out["undone_to_box"] = sum(r["undone"] > 0 for r in sub) / n
+        out["reviews_per_image"] = sum(r["reviews"] for r in sub) / n
+        out["first_dice"] = sum(r["first_dice"] for r in sub) / n
+        summary[w] = out
+    ta, tb = a["triage"], b["triage"]
+    per = {k: ta["per_image"][k] + tb["per_image"][k] for k in ta["per_image"]}
+    na, nb = len(ta["per_image"]["dice"]), len(tb["per_image"]["dice"])
+    triage = {"score": ta["score"], "below": ta["below"],
+              **triage_shares(per[ta["score"]], per["dice"], ta["below"]),
+              "candidates": {sc: triage_shares(per[sc], per["dice"], ta["below"])
+                             for sc in SCORES},
+              "refined_shown": (ta["refined_shown"] * na + tb["refined_shown"] * nb) / (na + nb),
+              "refined_dice": (ta["refined_dice"] * na + tb["refined_dice"] * nb) / (na + nb),
+              "per_image": per}
+    return {"summary": summary, "triage": triage, "rows": rows, "settings": a["settings"],
+            "wall_s": a["wall_s"] + b["wall_s"]}
 
 
 def memoised(proposer, store: dict):
@@ -119,6 +165,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for name in args.datasets:
             records = collect_records([Path(args.data_root) / name], args.split,
                                       args.images or None)
+            if args.complement_of:
+                from napari_lesion_diffkd.core.annotation_sim.inputs import evenly_spaced
+
+                done = {r.id for r in evenly_spaced(records, args.complement_of)}
+                records = [r for r in records if r.id not in done]
             models = build_models(records, backend, sam_name,
                                   need_teacher="teacher-first" in args.workflows)
             for role in ("students", "teachers"):
@@ -453,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = saved[0]["summary"]
         for extra in saved[1:]:
             for sam, per in extra["summary"]["runs"].items():
-                summary["runs"].setdefault(sam, {}).update(per)
+                mine = summary["runs"].setdefault(sam, {})
+                for name, run in per.items():
+                    mine[name] = merge_runs(mine[name], run) if name in mine else run
             summary["notes"] += extra["summary"]["notes"]
         summary["images"] = "n images each (the tables' column; all of the split unless noted)"
         command = "`; `".join(s["command"] for s in saved)
