@@ -21,7 +21,9 @@ Usage:
   ``ort-fp32`` / ``ort-int8`` (``OnnxPromptSession`` on the float32 or the int8 files of
   ``core/onnx/sam_quant.py``; one pass, no flip). The int8-vs-float32 Dice delta is read
   between the two ``ort-*`` rows: same images, same path, only the graphs differ.
-* **latency** (``--parts latency``, always 1 thread): medians over a few real images of the
+* **latency** (``--parts latency``, always 1 thread): medians (wall clock, and the CPU time
+  of the calling thread, which leaves out time-slicing by other processes on a busy
+  machine) over a few real images of the
   image encoder per image and the prompt encoder + decoder per box prompt (``predict``: to
   the full-size mask, thresholded and clipped to the box), in torch eager, ONNX Runtime
   float32 and (``medsam-lite``) ONNX Runtime int8, files exported on first use into the ONNX
@@ -141,13 +143,15 @@ def make_session(loaded: Any, backend: str, threads: int | None) -> Any:
                                          precision=backend.removeprefix("ort-"))
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
+def _median_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median (wall ms, CPU ms of this thread) of ``repeats`` calls."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        wall.append(1000 * (time.perf_counter() - start))
+        cpu.append(1000 * (time.thread_time() - start_cpu))
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def gflops(sam: torch.nn.Module) -> tuple[float, float]:
@@ -195,22 +199,27 @@ def latency_part(args: argparse.Namespace) -> list[dict[str, Any]]:
             sessions.append((model, f"ort-{precision}", OnnxPromptSession.from_loaded(
                 loaded, threads=1, cache_size=1, precision=precision)))
     times: dict[tuple[str, str], dict[str, list[float]]] = {
-        (m, b): {"enc": [], "dec": []} for m, b, _ in sessions}
+        (m, b): {"enc": [], "dec": [], "enc_cpu": [], "dec_cpu": []} for m, b, _ in sessions}
     load_before = os.getloadavg()
     for i, (image, gt) in enumerate(pairs):
         box = expand_box(mask_to_xyxy(np.asarray(gt) > 0), 1.05, gt.shape)
         for model, backend, session in sessions:  # turns: the same load for every session
-            start = time.perf_counter()
+            t = times[(model, backend)]
+            start, start_cpu = time.perf_counter(), time.thread_time()
             session.set_image(image, key=("latency", time.perf_counter()))  # no cache hit
             if i:  # the first image is the warm-up
-                times[(model, backend)]["enc"].append(1000 * (time.perf_counter() - start))
+                t["enc"].append(1000 * (time.perf_counter() - start))
+                t["enc_cpu"].append(1000 * (time.thread_time() - start_cpu))
             session.predict(box_xyxy=box)  # warm-up
-            times[(model, backend)]["dec"].append(
-                _median_ms(lambda: session.predict(box_xyxy=box), 5))
+            wall, cpu = _median_ms(lambda: session.predict(box_xyxy=box), 5)
+            t["dec"].append(wall)
+            t["dec_cpu"].append(cpu)
     load_after = os.getloadavg()
     for (model, backend), t in times.items():
-        rows[model][f"{backend}_encoder_ms"] = statistics.median(t["enc"] or [float("nan")])
-        rows[model][f"{backend}_decoder_ms"] = statistics.median(t["dec"])
+        for key, name in (("enc", "encoder"), ("dec", "decoder")):
+            rows[model][f"{backend}_{name}_ms"] = statistics.median(t[key] or [float("nan")])
+            rows[model][f"{backend}_{name}_cpu_ms"] = statistics.median(
+                t[f"{key}_cpu"] or [float("nan")])
     for row in rows.values():
         row["load_before"], row["load_after"] = load_before, load_after
         print(json.dumps(row), flush=True)
@@ -240,6 +249,13 @@ def render(dice_rows: list, latency_rows: list, commands: list[str]) -> str:
             lines.append(f"| {r['model']} | {r['parameters']:,} | {r['encoder_gflops']:.1f} | "
                          f"{r['decoder_gflops']:.2f} | {enc} | {dec} |")
         load = latency_rows[0]
+        lines += ["", "CPU time of the calling thread (ms; both runtimes compute in it at 1 "
+                  "thread, so time-slicing by other processes is left out): encoder torch / "
+                  "ORT fp32 / ORT int8; prompt the same:"]
+        for r in latency_rows:
+            enc = " / ".join(ms(r, f"{b}_encoder_cpu_ms", ".0f") for b in BACKENDS)
+            dec = " / ".join(ms(r, f"{b}_decoder_cpu_ms", ".1f") for b in BACKENDS)
+            lines.append(f"- {r['model']}: encoder {enc}; prompt {dec}")
         lines.append(f"\nLoad average (1, 5, 15 min) before {load['load_before']} "
                      f"after {load['load_after']}.")
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands)
