@@ -87,4 +87,8 @@ def compare_job(requests: Sequence[tuple[str, SegmentRequest]], image: np.ndarra
                              result, warmup_seconds))
     agreement = dice(runs[0].result.consensus, runs[1].result.consensus) if len(runs) == 2 \
         else float("nan")
+    from napari_lesion_diffkd.plugin._layers import prepare_display
+
+    for run in runs:  # the consensus outlines, here rather than on the GUI thread
+        prepare_display(run.result)
     return CompareResult(runs, float(agreement))

@@ -143,9 +143,11 @@ class SegmentWidget(QWidget):
         cache = self.cache
 
         def job():
+            from napari_lesion_diffkd.plugin._layers import prepare_display
             from napari_lesion_diffkd.plugin._segment_job import segment_job
 
-            return (yield from segment_job(request, data, volume, cache))
+            result = yield from segment_job(request, data, volume, cache)
+            return prepare_display(result)  # the full-size outline, off the GUI thread
 
         from napari_lesion_diffkd.plugin._workers import start_generator_worker
 

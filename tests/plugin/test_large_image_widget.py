@@ -50,3 +50,67 @@ def test_a_large_image_is_segmented_at_a_working_shape_and_says_so(
     correct.sample_spin.setValue(1)
     proposal = correct.start()
     assert proposal.data.shape == shape and proposal.data.any()
+
+
+def test_a_large_consensus_outline_comes_from_the_worker_and_matches_napari(
+        viewer, ph2_image, qtbot, monkeypatch) -> None:
+    """napari outlines a labels layer on the GUI thread at every full refresh (0.5-0.7 s at
+    4000 x 3000 here); the Segment run computes it in its worker instead. What is drawn
+    must be napari's own outline, every layer must line up with the image, and an edit
+    must fall back to napari's computation."""
+    import napari.layers.labels.labels as napari_labels
+
+    from napari_lesion_diffkd.plugin._layers import CONSENSUS_CONTOUR
+    from napari_lesion_diffkd.plugin.segment_widget import SegmentWidget
+
+    shape = (1500, 2000)
+    large = (resize(ph2_image, shape, order=1, preserve_range=True, anti_aliasing=False)
+             .round().astype(np.uint8))
+    image = viewer.add_image(large, name="big", rgb=True, scale=(0.5, 0.5),
+                             translate=(10.0, -4.0))
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg)
+    wait_ready(qtbot, seg.picker)
+    whole: list[tuple[int, ...]] = []  # napari's own outlines of the whole image
+    original = napari_labels.get_contours
+
+    def counting(labels, thickness, background):
+        if labels.shape == shape:
+            whole.append(labels.shape)
+        return original(labels, thickness, background)
+
+    monkeypatch.setattr(napari_labels, "get_contours", counting)
+    seg.samples_spin.setValue(2)
+    seg.samples_layer_check.setChecked(True)
+    for seed in (0, 1):  # a new layer, then a model write into it
+        seg.seed_spin.setValue(seed)
+        seg.run()
+        wait_idle(qtbot, seg)
+        assert seg.status.text().startswith("done"), seg.status.text()
+    consensus = seg.last_layers["consensus"]
+    assert whole == []  # never outlined on the GUI thread
+    full = tuple(slice(0, n) for n in shape)
+    drawn = consensus._calculate_contour(consensus.data, full)
+    np.testing.assert_array_equal(drawn, original(consensus.data, CONSENSUS_CONTOUR, 0))
+    assert drawn.any() and consensus.data.shape == shape  # full size, the one to save
+    # Every result layer covers the image's world extent, pixel edge to pixel edge (the
+    # samples at their working shape, scaled): they line up with the image.
+    for layer in seg.last_layers.values():
+        np.testing.assert_allclose(_edges(layer), _edges(image), atol=1e-6)
+    # An edit: napari's own outline again (the precomputed one no longer matches).
+    consensus.data_setitem((np.array([5]), np.array([7])), 1)
+    consensus.refresh()
+    assert whole and set(whole) == {shape}
+    np.testing.assert_array_equal(consensus._calculate_contour(consensus.data, full),
+                                  original(consensus.data, CONSENSUS_CONTOUR, 0))
+
+
+def _edges(layer) -> np.ndarray:
+    """World (y, x) of a 2D (or (K, y, x)) layer's outer pixel edges: [[top, left],
+    [bottom, right]]."""
+    shape = np.asarray(layer.data.shape[-2:] if not getattr(layer, "rgb", False)
+                       else layer.data.shape[-3:-1])
+    lead = [0] * (layer.ndim - 2)
+    first = layer.data_to_world(lead + [-0.5, -0.5])
+    last = layer.data_to_world(lead + list(shape - 0.5))
+    return np.asarray([first[-2:], last[-2:]], float)
