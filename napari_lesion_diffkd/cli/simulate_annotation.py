@@ -13,7 +13,7 @@ WORKFLOW_NAMES = "sam-first,model-first,uncertainty-guided,teacher-first,refined
 #: the parser imports no core module (a test checks they match).
 TRIAGE_SCORES = ("sample_disagreement", "boundary_entropy", "mean_entropy",
                  "refine_disagreement", "combined_disagreement")
-DEFAULT_TRIAGE_SCORE = "combined_disagreement"
+DEFAULT_TRIAGE_SCORE = "sample_disagreement"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
