@@ -453,17 +453,41 @@ def render(summary: dict[str, Any], command: str) -> str:
     for name, t in triage.items():
         lines.append(f"| {name} | {t['images']} | {t['bad']} | {_f(t['top10'], '.0%')} | "
                      f"{_f(t['top20'], '.0%')} | {_f(t['top30'], '.0%')} |")
+    first_sam = next(iter(summary["runs"]), "?")
     lines += ["", "Every candidate on the validation splits, top 30% (reported, not used to "
-              "choose):", "", "| dataset | " + " | ".join(SCORES) + " |",
-              "|---|" + "---|" * len(SCORES)]
+              f"choose; the refinement by `{first_sam}`):", "",
+              "| dataset | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
     for per in list(summary["runs"].values())[:1]:
         for name, run in per.items():
             c = run["triage"]["candidates"]
             lines.append(f"| {name} | " + " | ".join(_f(c[sc]["top30"], ".0%") for sc in SCORES)
                          + " |")
     lines += ["", "Done-when targets (issue 12):", ""] + verdicts(summary["runs"], triage, score)
-    lines += ["", caveats(summary, pol)]
+    lines += ["", findings(summary, pol), "", caveats(summary, pol)]
     return "\n".join(lines)
+
+
+def findings(summary: dict[str, Any], pol: dict[str, Any]) -> str:
+    """Where NoC@90 comes from: the share of it owed to images that never reach 0.90, and
+    how refined-first's first mask compares with the consensus (computed, not typed)."""
+    budget = pol["max_prompts"]
+    parts = []
+    for sam_name, per in summary["runs"].items():
+        for name, run in per.items():
+            s = run["summary"]
+            if "sam-first" not in s or not s["sam-first"]["noc@90"]:
+                continue
+            owed = [f"{w} {s[w]['failed@90'] * budget / s[w]['noc@90']:.0%}"
+                    for w in s if s[w]["noc@90"] > 0]
+            parts.append(f"{sam_name} / {name}: " + ", ".join(owed))
+    return ("Findings: NoC@90 is dominated by the images that never reach 0.90 (each counts "
+            f"{budget}); share of NoC@90 owed to them: " + "; ".join(parts) + ". Those are "
+            "the same images in every workflow (after a box they all follow sam-first), so a "
+            "first mask can only save the box on the others. refined-first's SAM answer to the "
+            "consensus's box is on average no better than the consensus itself (the "
+            "refined-mask line under each table), and the agreement rule (Dice >= 0.5) showed "
+            "it on nearly every image, so it accepts fewer images as is than model-first on "
+            "ultrasound.")
 
 
 def caveats(summary: dict[str, Any], pol: dict[str, Any]) -> str:
