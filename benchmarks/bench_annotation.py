@@ -481,13 +481,12 @@ def findings(summary: dict[str, Any], pol: dict[str, Any]) -> str:
                     for w in s if s[w]["noc@90"] > 0]
             parts.append(f"{sam_name} / {name}: " + ", ".join(owed))
     return ("Findings: NoC@90 is dominated by the images that never reach 0.90 (each counts "
-            f"{budget}); share of NoC@90 owed to them: " + "; ".join(parts) + ". Those are "
-            "the same images in every workflow (after a box they all follow sam-first), so a "
-            "first mask can only save the box on the others. refined-first's SAM answer to the "
-            "consensus's box is on average no better than the consensus itself (the "
-            "refined-mask line under each table), and the agreement rule (Dice >= 0.5) showed "
-            "it on nearly every image, so it accepts fewer images as is than model-first on "
-            "ultrasound.")
+            f"{budget}); share of NoC@90 owed to them: " + "; ".join(parts) + ". A "
+            "workflow's failures are a subset of sam-first's (after a box it follows "
+            "sam-first), so a first mask saves prompts only on images a box would fix anyway. "
+            "The refined-mask line under each table compares refined-first's SAM answer to "
+            "the consensus's box with the consensus itself, and gives how often the agreement "
+            "rule (Dice >= 0.5) showed it.")
 
 
 def caveats(summary: dict[str, Any], pol: dict[str, Any]) -> str:
