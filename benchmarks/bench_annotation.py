@@ -480,8 +480,8 @@ def findings(summary: dict[str, Any], pol: dict[str, Any]) -> str:
             owed = [f"{w} {s[w]['failed@90'] * budget / s[w]['noc@90']:.0%}"
                     for w in s if s[w]["noc@90"] > 0]
             parts.append(f"{sam_name} / {name}: " + ", ".join(owed))
-    return ("Findings: NoC@90 is dominated by the images that never reach 0.90 (each counts "
-            f"{budget}); share of NoC@90 owed to them: " + "; ".join(parts) + ". A "
+    return ("Findings: the share of NoC@90 owed to images that never reach 0.90 (each counts "
+            f"{budget}): " + "; ".join(parts) + ". A "
             "workflow's failures are a subset of sam-first's (after a box it follows "
             "sam-first), so a first mask saves prompts only on images a box would fix anyway. "
             "The refined-mask line under each table compares refined-first's SAM answer to "
