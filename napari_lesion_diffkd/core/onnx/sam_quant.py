@@ -27,9 +27,12 @@ pair (``int8_paths``); the files keep the float32 file's metadata plus
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +90,34 @@ def _nodes(path: Path, pattern: re.Pattern[str], what: str) -> list[str]:
     return names
 
 
+class _DropPreprocessAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Silence ``quantize_dynamic``'s advice to run ``quant_pre_process`` first.
+
+    It is logged on the root logger, whose ``logging.warning`` would also install a stderr
+    handler for good. The advice does not apply: pre-processing (symbolic shape inference
+    and an optimisation pass) gave the same encoder outputs and speed, fails on the
+    decoder's shapes, and writes temporary files into the working directory.
+    """
+    root = logging.getLogger()
+    quiet, drop = logging.NullHandler(), _DropPreprocessAdvice()
+    added = not root.handlers  # a handler present keeps logging.warning from basicConfig()
+    if added:
+        root.addHandler(quiet)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if added:
+            root.removeHandler(quiet)
+
+
 def _quantize(src: Path, dst: Path, nodes: list[str] | None) -> Path:
     """Quantise ``src`` into ``dst`` atomically and tag the metadata."""
     import onnx
@@ -97,9 +128,10 @@ def _quantize(src: Path, dst: Path, nodes: list[str] | None) -> Path:
     meta = {**read_metadata(src), "precision": "int8", "quantization": QUANT_RECIPE}
     tmp = _tmp_path(dst)
     try:
-        quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul"],
-                         nodes_to_quantize=nodes, per_channel=True,
-                         weight_type=QuantType.QInt8)
+        with _quiet_quantizer():
+            quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul"],
+                             nodes_to_quantize=nodes, per_channel=True,
+                             weight_type=QuantType.QInt8)
         proto = onnx.load(str(tmp))
         kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
         del proto.metadata_props[:]
