@@ -42,6 +42,13 @@ class GuiSteps(QObject):
         self.busy = True
         self._next()
 
+    def push(self, steps: list[Callable[[], Any]]) -> None:
+        """Run ``steps`` next, before the ones still queued (one per turn, as the rest);
+        for a step that can only work out its follow-ups when it runs."""
+        self._steps[:0] = list(steps)
+        if not self.busy:
+            self.run(self._steps)
+
     def then(self, callback: Callable[[], Any]) -> None:
         """Call ``callback`` when the steps are done (at once when idle)."""
         if self.busy:

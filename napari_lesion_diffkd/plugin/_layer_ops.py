@@ -6,6 +6,7 @@ GUI thread only (napari layers are not thread-safe); no Qt imports. Layers are f
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,10 @@ def _apply_result(viewer: napari.viewer.Viewer, result: Any, image_layer: Any,
     return layers
 
 
+#: Per consensus layer: the worker's outline, its digest and width (see use_outline).
+_OUTLINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def use_outline(layer: Any, display: dict[str, Any]) -> None:
     """Let napari's full refreshes of a 2D consensus labels layer use the outline computed
     in the worker (:func:`._layers.prepare_display`) while the layer holds exactly that
@@ -175,7 +180,10 @@ def use_outline(layer: Any, display: dict[str, Any]) -> None:
     napari outlines the whole slice on the GUI thread at each full refresh (0.5-0.7 s for
     4000 x 3000 here): a new layer, a model write, a colormap change.
     """
-    state = getattr(layer, "_lesion_outline", None)
+    # The layer itself, not napari's PublicOnlyProxy of it (a plugin's private attribute
+    # access through the proxy warns).
+    layer = getattr(layer, "__wrapped__", layer)
+    state = _OUTLINES.get(layer)
     if state is None:
         state = {}
         compute = layer._calculate_contour  # napari's, bound to this layer
@@ -192,7 +200,7 @@ def use_outline(layer: Any, display: dict[str, Any]) -> None:
             return compute(labels, data_slice)
 
         layer._calculate_contour = calculate
-        layer._lesion_outline = state
+        _OUTLINES[layer] = state
     state.update(outline=display["outline"], digest=display["digest"],
                  thickness=CONSENSUS_CONTOUR)
 

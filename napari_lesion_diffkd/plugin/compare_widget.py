@@ -198,36 +198,70 @@ class CompareWidget(QWidget):
 
     def show_grid(self, on: bool) -> None:
         """Side by side: grid mode with one cell per model (other layers hidden), or back."""
+        for step in self._grid_steps(on):
+            step()
+
+    def _grid_steps(self, on: bool) -> list[Any]:
+        """:meth:`show_grid` as steps for :class:`._gui_steps.GuiSteps`: turning the grid
+        on took 0.5 s of the GUI thread in one slot here (each layer move and visibility
+        change re-draws the scene). Each step looks the layers up itself, when it runs."""
+        if not on or not self._cell_layers():
+            return [self._grid_off]
+        n = len(CELL)
+        models = len(self._cell_layers()) // n
+        return ([self._hide_others]
+                + [lambda m=m: self._place_cell(m) for m in range(models)]
+                + [self._grid_on, self.viewer.reset_view])  # whole image in each cell
+
+    def _grid_off(self) -> None:
         layers = self._cell_layers()
         grid = viewer_grid(self.viewer)
-        if not on or not layers:
-            was_on = grid.enabled
-            for layer in self._hidden:
-                if layer in self.viewer.layers:
-                    layer.visible = True
-            self._hidden = []
-            n = len(CELL)
-            last = len(layers) - n
-            for i, layer in enumerate(layers):
-                # Views and captions are for the grid; of the overlays only the last
-                # model's (the student's) stay, so two models never stack on the image.
-                layer.visible = i >= last and CELL[i % n] in ("uncertainty", "consensus")
-            grid.enabled = False
-            if was_on:
-                self.viewer.reset_view()
-            return
-        ours = {id(layer) for layer in layers}
+        was_on = grid.enabled
+        for layer in self._hidden:
+            if layer in self.viewer.layers:
+                layer.visible = True
+        self._hidden = []
+        n = len(CELL)
+        last = len(layers) - n
+        for i, layer in enumerate(layers):
+            # Views and captions are for the grid; of the overlays only the last
+            # model's (the student's) stay, so two models never stack on the image.
+            layer.visible = i >= last and CELL[i % n] in ("uncertainty", "consensus")
+        grid.enabled = False
+        if was_on:
+            self.viewer.reset_view()
+
+    def _hide_others(self) -> None:
+        ours = {id(layer) for layer in self._cell_layers()}
         for layer in self.viewer.layers:
             if id(layer) not in ours and layer.visible:
                 self._hidden.append(layer)
                 layer.visible = False
-        for index, layer in enumerate(layers):  # bottom of the list = bottom of a cell
-            self.viewer.layers.move(self.viewer.layers.index(layer), index)
-            layer.visible = True
-        grid.stride = len(CELL)
-        grid.shape = (1, len(layers) // len(CELL))
-        grid.enabled = True
-        self.viewer.reset_view()  # each cell shows the whole image, not a zoomed crop
+
+    def _place_cell(self, model: int) -> None:
+        """Move one model's cell layers to the bottom of the list, in order, and show them
+        (moves that change nothing are skipped: each one re-draws)."""
+        n = len(CELL)
+        layers = self._cell_layers()[model * n:(model + 1) * n]
+        for offset, layer in enumerate(layers):  # bottom of the list = bottom of a cell
+            index = model * n + offset
+            if self.viewer.layers.index(layer) != index:
+                self.viewer.layers.move(self.viewer.layers.index(layer), index)
+            if not layer.visible:
+                layer.visible = True
+
+    def _grid_on(self) -> None:
+        layers = self._cell_layers()
+        if not layers:
+            return
+        grid = viewer_grid(self.viewer)
+        shape = (1, len(layers) // len(CELL))
+        if grid.stride != len(CELL):
+            grid.stride = len(CELL)
+        if tuple(grid.shape) != shape:
+            grid.shape = shape
+        if not grid.enabled:
+            grid.enabled = True
 
     # -- callbacks -----------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -262,8 +296,10 @@ class CompareWidget(QWidget):
             steps.append(lambda role=role, run=run: self._caption(
                 image, run.label, f"{role}: {run.label}", SHORT[role]))
         steps.append(lambda: self._show_numbers(result))
-        steps.append(lambda: self.show_grid(self.grid_check.isChecked()))
+        # The grid's steps, worked out when the layers exist (the steps above make them).
+        steps.append(lambda: self._steps.push(self._grid_steps(self.grid_check.isChecked())))
         self._steps.run(steps)
+
 
     def _show_numbers(self, result: Any) -> None:
         self.table.setRowCount(len(result.runs))
