@@ -158,7 +158,8 @@ class OnnxPromptSession(EmbeddingCache):
             positive = points_xy[np.asarray(point_labels) > 0] if has_points else None
             region = box_region(box_xyxy, emb.image_hw, positive)
             mask_out &= region
-            logits = np.where(region, logits, np.minimum(logits, OUTSIDE_BOX_LOGIT))
+            if return_logits:  # two full-size float passes: 20 ms on a 12-Mpx image
+                logits = np.where(region, logits, np.minimum(logits, OUTSIDE_BOX_LOGIT))
         return PromptResult(mask=mask_out, score=score, low_res_logits=np.asarray(low),
                             scores=np.array([score], dtype=np.float32),
                             logits=np.asarray(logits, np.float32) if return_logits else None,
