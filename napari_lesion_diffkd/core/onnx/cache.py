@@ -5,9 +5,9 @@ Location: ``<cache>/onnx/`` with ``<cache>`` = ``$LESION_DIFFKD_CACHE`` or
 File name: ``<bundle name>-<first 16 hex of the weights' SHA-256>-opset<N>.onnx`` (SAMs:
 ``...-g<graph version>.encoder.onnx`` / ``...decoder.onnx``, and the int8 pair
 ``...encoder.int8.onnx`` / ``...decoder.int8.onnx`` of ``sam_quant.py`` when asked for; the
-graph version changes when the exported SAM graph does, so an older file is not reused). The hash keys the file to the exact weights: a
-re-trained bundle under the same name gets a new file, and an old file is never reused for
-new weights. Writes are atomic (``export.py``), so two processes exporting the same bundle at
+graph version changes when the exported SAM graph does, so an older file is not reused).
+The hash keys the file to the exact weights: a re-trained bundle under the same name gets a
+new file, and an old file is never reused for new weights. Writes are atomic (``export.py``), so two processes exporting the same bundle at
 once both end with a complete file.
 """
 
