@@ -274,12 +274,15 @@ def chosen_score(selection: dict[str, Any] | None) -> str:
 
 
 def triage_table(summary: dict[str, Any], score: str) -> dict[str, Any]:
-    """``{dataset: shares of ``score``}`` on the NoC runs' images (first SAM's runs)."""
-    out = {}
+    """``{dataset: shares of ``score``}`` on the NoC runs' images: per dataset the run with
+    the most images (the first SAM's on a tie; a score from the student alone does not
+    depend on the SAM)."""
+    out: dict[str, Any] = {}
     for per in summary["runs"].values():
         for name, run in per.items():
-            if name not in out:
-                out[name] = run["triage"]["candidates"][score]
+            shares = run["triage"]["candidates"][score]
+            if name not in out or shares["images"] > out[name]["images"]:
+                out[name] = shares
     return out
 
 
