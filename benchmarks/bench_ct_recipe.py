@@ -191,7 +191,9 @@ def fit_check(args: argparse.Namespace) -> dict[str, Any]:
 
     def one(config: Path) -> dict[str, Any]:
         row = {"name": config.stem}
-        if not args.score_only:
+        # A finished run (its bundle written) is not trained again: new arms can be added.
+        if not args.score_only and not (Path(args.out) / config.stem / "model.safetensors"
+                                        ).is_file():
             cmd = ["nice", "-n", "19", str(Path(sys.executable).parent / "lesion-diffkd"),
                    "train", "--config", str(config), "--data", str(folder), "--out",
                    str(Path(args.out) / config.stem), "--threads", str(args.threads),
@@ -203,7 +205,8 @@ def fit_check(args: argparse.Namespace) -> dict[str, Any]:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         rows = list(pool.map(one, configs))
-    for row in [*rows, {"name": "ct-unet (shipped)"}]:
+    rows.append({"name": "ct-unet (shipped)"})
+    for row in rows:
         ref = "ct-unet" if row["name"].startswith("ct-unet") else str(Path(args.out) / row["name"])
         row["fit_32_train"] = dice_on(ref, subset, args.threads)
         row["val_64"] = dice_on(ref, val, args.threads)

@@ -118,7 +118,25 @@ def test_ct_recipe_configs_change_one_thing() -> None:
     expected = {"ct-r1-bf16": {"amp_bf16"}, "ct-r2-no-vflip": {"vertical_flip"},
                 "ct-r3-256-stride2": {"input_size", "network"}, "ct-r4-batch8": {"batch_size"},
                 "ct-r5-ema": {"ema_decay"}}
+    control = TrainConfig.from_file(root / "ablation" / "ct-ft0-control.yaml").to_dict()
+    ct_unet = TrainConfig.from_file(root / "ct-unet.yaml").to_dict()
+    # The warm-start control trains ct-unet's own settings from ct-unet's weights.
+    same = ("input_size", "network", "batch_size", "amp_bf16", "ema_decay", "vertical_flip",
+            "rotate90", "dropout_holes", "augment_max_translate", "augment_photometric")
+    assert {k: control[k] for k in same} == {k: ct_unet[k] for k in same}
+    assert control["init_bundle"] == "ct-unet"
+    fit = TrainConfig.from_file(root / "ablation" / "ct-fit-256s2.yaml").to_dict()
+    bases = {"r": base, "ft": control, "fit": fit}
+    expected.update({
+        "ct-ft1-fp32": {"amp_bf16"}, "ct-ft2-vflip": {"vertical_flip"},
+        "ct-ft3-batch16": {"batch_size", "max_steps", "warmup_steps"},
+        "ct-ft4-no-ema": {"ema_decay"},
+        "ct-ft5-recipe": {"amp_bf16", "vertical_flip", "batch_size", "max_steps",
+                          "warmup_steps", "ema_decay", "augment_max_translate"},
+        "ct-fit-128s1": {"input_size", "network"}, "ct-fit-256s2-fp32": {"amp_bf16"},
+        "ct-fit-256s2-seed1": {"seed"}})
     for name, keys in expected.items():
         other = TrainConfig.from_file(root / "ablation" / f"{name}.yaml").to_dict()
-        changed = {k for k in base if base[k] != other[k]} - {"name"}
+        ref = bases[name.split("-")[1].rstrip("0123456789")]
+        changed = {k for k in ref if ref[k] != other[k]} - {"name"}
         assert changed == keys, name
