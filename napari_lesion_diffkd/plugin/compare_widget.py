@@ -211,7 +211,8 @@ class CompareWidget(QWidget):
         models = len(self._cell_layers()) // n
         return ([self._hide_others]
                 + [lambda m=m: self._place_cell(m) for m in range(models)]
-                + [self._grid_on, self.viewer.reset_view])  # whole image in each cell
+                + [lambda: self._grid_on(False), lambda: self._grid_on(True),
+                   self.viewer.reset_view])  # whole image in each cell
 
     def _grid_off(self) -> None:
         layers = self._cell_layers()
@@ -250,18 +251,22 @@ class CompareWidget(QWidget):
             if not layer.visible:
                 layer.visible = True
 
-    def _grid_on(self) -> None:
+    def _grid_on(self, enable: bool) -> None:
+        """The grid's stride and shape (``enable`` False), or turning it on (True): two
+        steps, each re-lays the canvas out when the grid is on."""
         layers = self._cell_layers()
         if not layers:
             return
         grid = viewer_grid(self.viewer)
+        if enable:
+            if not grid.enabled:
+                grid.enabled = True
+            return
         shape = (1, len(layers) // len(CELL))
         if grid.stride != len(CELL):
             grid.stride = len(CELL)
         if tuple(grid.shape) != shape:
             grid.shape = shape
-        if not grid.enabled:
-            grid.enabled = True
 
     # -- callbacks -----------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
