@@ -497,13 +497,13 @@ def caveats(summary: dict[str, Any], pol: dict[str, Any]) -> str:
     from napari_lesion_diffkd.core.annotation_sim.inputs import collect_records
 
     partial = []
-    for per in list(summary["runs"].values())[:1]:
+    for sam_name, per in summary["runs"].items():
         for name, run in per.items():
             n = next(iter(run["summary"].values()))["images"]
             root = Path(summary.get("data_root", ROOT.parent / "shared" / "data")) / name
             whole = len(collect_records([root], "validation")) if root.is_dir() else None
             if whole is not None and n < whole:
-                partial.append(f"{name} {n} of {whole} (evenly spaced ids)")
+                partial.append(f"{name} with `{sam_name}`: {n} of {whole} (evenly spaced ids)")
     text = ("Caveats: " + ("**subsets** where the whole split did not fit the shared CPU: "
                            + "; ".join(partial) + ". " if partial else "whole validation "
                            "splits. "))
