@@ -475,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), torch "
         f"{torch.get_num_threads()} intra-op threads in the viewer's process, "
         f"Python {platform.python_version()}. "
-        + ("**Shared machine**: other engineers' work (training, benchmarks, test runs) "
-           "ran at the same time "
+        + ("**Shared machine**: other engineers' work (training, benchmarks, test runs, "
+           "under `nice -n 19` while this ran at normal priority) ran at the same time "
            if max(load[0], load_end[0]) > 1.5 else "")
         + f"(load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} at the start, "
         f"{load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f} at the end), so the "
