@@ -4,14 +4,15 @@ Each model's consensus and uncertainty become their own layers, named short by t
 role so that the layer list shows them whole on a laptop screen (``T: consensus · <image>``
 for the teacher, ``S: uncertainty · <image>`` for the student; the model's full name is in
 the cell's caption and the layer's marker) and found again by their marker on a re-run; a
-re-run with other models updates the same layers (the role's layers go to the new model). "Side by side" turns
-on napari's grid mode with three layers per cell (a view of the image, the uncertainty, the
-consensus, and a caption naming the model: "teacher: <label>" / "student: <label>") and
-hides every other layer until it is turned off again; the camera is reset so each cell shows
-the whole image. Turned off, the image and the user's layers come back with the *student's*
-overlays only (the teacher's are hidden, not stacked on top). The table gives each model's
-parameter count and latency (sampling + fusion, measured after a warm-up run; loading and
-warm-up shown apart); the line below it the Dice between the two consensus masks.
+re-run with other models updates the same layers (the role's layers go to the new model).
+"Side by side" turns on napari's grid mode with four layers per cell (a view of the image,
+the uncertainty, the consensus, and a caption naming the model: "teacher: <label>" /
+"student: <label>") and hides every other layer until it is turned off again; the camera
+is reset so each cell shows the whole image. Turned off, the image and the user's layers
+come back with the *student's* overlays only (the teacher's are hidden, not stacked on
+top). The table gives each model's parameter count and latency (sampling + fusion,
+measured after a warm-up run; loading and warm-up shown apart); the line below it the Dice
+between the two consensus masks.
 """
 
 from __future__ import annotations
@@ -368,8 +369,8 @@ class CompareWidget(QWidget):
             corner[0, 0] = self._target.get("z") or 0
         scale, translate = list(image.scale), list(image.translate)
         self.viewer.add_points(
-            corner, name=compare_name(short, "caption", image.name), scale=scale, translate=translate,
-            size=1, face_color="transparent", border_width=0, text=text_style,
+            corner, name=compare_name(short, "caption", image.name), scale=scale,
+            translate=translate, size=1, face_color="transparent", border_width=0, text=text_style,
             metadata=model_meta("caption", image.name, "compare", model))
 
     def _cell_layers(self) -> list[Any]:
