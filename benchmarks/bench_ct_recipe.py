@@ -2,11 +2,13 @@
 throwaway recipe and the shipped ``ct-unet`` config costs the validation Dice.
 
 Usage:
-    nice -n 19 python benchmarks/bench_ct_recipe.py [--configs configs/ablation/ct-*.yaml]
+    nice -n 19 python benchmarks/bench_ct_recipe.py [--configs configs/ablation/ct-r*.yaml]
         [--data ../shared/data/covid19_ct_infection] [--out /tmp/ct-recipe] [--jobs 2]
         [--threads 1] [--max-minutes M] [--score-only]
 
-For each config (default: every ``configs/ablation/ct-*.yaml``) this trains with the project's
+For each config (default: the from-scratch set ``configs/ablation/ct-r*.yaml`` and
+``ct-shipped-budget.yaml``; pass ``--configs configs/ablation/ct-ft*.yaml`` for the warm-start
+arms; the ``ct-fit-*`` configs belong to ``--fit-check``) this trains with the project's
 own trainer (``lesion-diffkd train --config C --data D --out OUT/<name> --threads T
 --device cpu``, under ``nice -n 19``; ``--jobs`` runs at once, each with ``--threads``
 threads), then scores the bundle the run wrote on that run's own validation split (group-aware,
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
         return 0
     configs = ([Path(c).resolve() for c in args.configs] if args.configs
-               else sorted((ROOT / "configs" / "ablation").glob("ct-*.yaml")))
+               else sorted((ROOT / "configs" / "ablation").glob("ct-r*.yaml"))
+               + [ROOT / "configs" / "ablation" / "ct-shipped-budget.yaml"])
     if not configs:
         print("error: no configs", file=sys.stderr)
         return 2
