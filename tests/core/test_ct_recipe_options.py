@@ -133,6 +133,8 @@ def test_ct_recipe_configs_change_one_thing() -> None:
         "ct-ft4-no-ema": {"ema_decay"},
         "ct-ft5-recipe": {"amp_bf16", "vertical_flip", "batch_size", "max_steps",
                           "warmup_steps", "ema_decay", "augment_max_translate"},
+        "ct-ft6-restart": {"lr", "max_steps", "ema_decay"},
+        "ct-ft7-restart-noclip": {"lr", "max_steps", "ema_decay", "grad_clip"},
         "ct-fit-128s1": {"input_size", "network"}, "ct-fit-256s2-fp32": {"amp_bf16"},
         "ct-fit-256s2-seed1": {"seed"}})
     for name, keys in expected.items():
