@@ -118,7 +118,7 @@ class ProjectWidget(QWidget):
         # The viewer's window closing (public Qt API only: the widget's top-level window,
         # known once docked and shown) and the application quitting both save and flush.
         self._close_watch = _CloseWatcher(self)
-        self._watched: Any = None
+        self._watched: Any = lambda: None  # weakref to the watched window (none yet)
         _call_on_quit(self)
         self._set_enabled(False)
         if self.context.store is not None:
@@ -127,9 +127,11 @@ class ProjectWidget(QWidget):
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
         window = self.window()
-        if window is not self and window is not self._watched:
+        if window is not self and window is not self._watched():
             window.installEventFilter(self._close_watch)
-            self._watched = window
+            # Weak: the panel must not keep a closed viewer's window alive (napari's leak
+            # check in tests; a second viewer in one process).
+            self._watched = weakref.ref(window)
 
     # -- project -------------------------------------------------------------------------
     def open_project(self, path: str | Path, create: bool = True) -> None:

@@ -100,12 +100,3 @@ def test_all_five_panels_fit_a_laptop_screen(make_napari_viewer, ph2_image, qtbo
     shot = viewer.screenshot(str(tmp_path / "laptop-all-panels.png"), canvas_only=False,
                              flash=False)
     assert np.asarray(shot).shape[0] <= SCREEN[1] and np.asarray(shot).shape[1] <= SCREEN[0]
-    # A shown project panel keeps napari's main window (``_watched``) while the app's
-    # aboutToQuit holds the panel: napari's leak check then fails in teardown (also before
-    # this change; reported to the panel's owner). Undo that here.
-    from qtpy.QtWidgets import QApplication
-
-    project = panels["Annotation project"][1]
-    window.removeEventFilter(project._close_watch)
-    QApplication.instance().aboutToQuit.disconnect(project.on_viewer_closing)
-    project._watched = None
