@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,20 +33,7 @@ from napari_lesion_diffkd.core.sam.coords import (
     napari_points_to_xy,
     napari_rectangle_to_xyxy,
 )
-
-
-@dataclass
-class PanelRequest:
-    """The correction panel's request (attributes of ``plugin._correction.CorrectionRequest``,
-    which core may not import): image (Y, X[, 3]); start (Y, X) bool; points (N, 2) napari
-    ``(row, col)``; point_labels (N,) 1/0; box (4, 2) napari rectangle or None; key."""
-
-    image: np.ndarray
-    start: np.ndarray
-    points: np.ndarray
-    point_labels: np.ndarray
-    box: np.ndarray | None
-    key: Any
+from napari_lesion_diffkd.core.sam.refine_proposal import PanelRequest
 
 
 class SamAnnotator:

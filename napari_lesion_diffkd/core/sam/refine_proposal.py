@@ -35,12 +35,15 @@ MIN_AGREEMENT = 0.5
 
 
 @dataclass(frozen=True)
-class RefineRequest:
-    """A correction-panel request (the attributes ``SamCorrection.propose`` reads).
+class PanelRequest:
+    """A correction-panel request: the attributes ``SamCorrection.propose`` reads (those of
+    ``plugin._correction.CorrectionRequest``, which core may not import). Used here and by
+    the simulated annotator (``core.annotation_sim.sam_annotator``).
 
     Attributes:
-        image: (Y, X) or (Y, X, 3) pixels. start: (Y, X) bool, the consensus.
-        points: (0, 2) no click. point_labels: (0,). box: (4, 2) napari rectangle.
+        image: (Y, X) or (Y, X, 3) pixels. start: (Y, X) bool, the mask prompt (here the
+        consensus). points: (N, 2) napari ``(row, col)``. point_labels: (N,) 1/0.
+        box: (4, 2) napari rectangle or None.
         key: the caller's hashable name for the image (embedding cache).
     """
 
@@ -137,7 +140,7 @@ def refine_consensus(backend: Any, image: np.ndarray, consensus: np.ndarray, key
         return RefinedProposal(mask=c.copy(), consensus=c, refined=np.zeros_like(c),
                                agreement=0.0, source="consensus", box=None,
                                sam_score=float("nan"))
-    request = RefineRequest(image=image, start=c, points=np.zeros((0, 2)),
+    request = PanelRequest(image=image, start=c, points=np.zeros((0, 2)),
                             point_labels=np.zeros(0, dtype=np.int64), box=box, key=key)
     refined = np.asarray(backend.propose(request), dtype=bool)
     last = getattr(backend, "last", None)
