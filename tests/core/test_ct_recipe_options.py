@@ -117,7 +117,8 @@ def test_ct_recipe_configs_change_one_thing() -> None:
     base = TrainConfig.from_file(root / "ablation" / "ct-r0-recipe.yaml").to_dict()
     expected = {"ct-r1-bf16": {"amp_bf16"}, "ct-r2-no-vflip": {"vertical_flip"},
                 "ct-r3-256-stride2": {"input_size", "network"}, "ct-r4-batch8": {"batch_size"},
-                "ct-r5-ema": {"ema_decay"}}
+                "ct-r5-ema": {"ema_decay"},
+                "ct-r6-images-matched": {"network", "max_minutes", "lr_schedule", "max_steps"}}
     control = TrainConfig.from_file(root / "ablation" / "ct-ft0-control.yaml").to_dict()
     ct_unet = TrainConfig.from_file(root / "ct-unet.yaml").to_dict()
     # The warm-start control trains ct-unet's own settings from ct-unet's weights.
