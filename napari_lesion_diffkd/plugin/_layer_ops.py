@@ -189,8 +189,12 @@ def use_outline(layer: Any, display: dict[str, Any]) -> None:
     layer = getattr(layer, "__wrapped__", layer)
     state = _OUTLINES.get(layer)
     if state is None:
+        # napari's (private) per-layer outline hook, bound to this layer: where a napari
+        # version lacks it, napari computes the outline itself, as before (slower, correct).
+        compute = getattr(layer, "_calculate_contour", None)
+        if not callable(compute):
+            return
         state = {}
-        compute = layer._calculate_contour  # napari's, bound to this layer
 
         def calculate(labels: Any, data_slice: tuple[slice, ...]) -> Any:
             pre = state.get("outline")
