@@ -24,13 +24,14 @@ from napari_lesion_diffkd.core.job_runner import (
 )
 from napari_lesion_diffkd.core.store import InvalidInputError, ProjectStore, import_folder
 from napari_lesion_diffkd.core.store.files import sha256_file
-from napari_lesion_diffkd.core.store.schema import DB_NAME, SCHEMA_VERSION, connect, migrate
+from napari_lesion_diffkd.core.store.schema import SCHEMA_VERSION
 from napari_lesion_diffkd.core.active_learning.rounds import (
     annotation_queue,
     loop_round_of,
     loop_rounds,
     start_round,
 )
+from tests.core.store.old_projects import old_database
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -189,13 +190,8 @@ def test_a_cancelled_round_resumes_then_the_next_round_runs_in_the_worker(
 
 def test_migration_from_v2_adds_the_loop_tables(tmp_path: Path, ph2_48: Path) -> None:
     folder = tmp_path / "old"
-    folder.mkdir()
-    conn = connect(folder / DB_NAME)
-    assert migrate(conn, target=2) == 2  # a project written before the loop existed
-    image = min((ph2_48 / "images").iterdir()).resolve()
-    conn.execute("INSERT INTO images (name, path, modality, sha256, shape, channels, spacing,"
-                 " grp, added_at) VALUES ('a', ?, 'dermoscopy', 'ff', '[383, 512]', 3,"
-                 " '[1.0, 1.0]', 'a', 't')", (str(image),))
+    # a project written before the loop existed
+    conn = old_database(folder, 2, ph2_48 / "images")
     conn.execute("INSERT INTO jobs (type, config, status, created_at) "
                  "VALUES ('predict', '{}', 'done', 't')")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

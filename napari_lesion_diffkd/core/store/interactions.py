@@ -44,7 +44,7 @@ import numpy as np
 
 from napari_lesion_diffkd.core.store import files
 from napari_lesion_diffkd.core.store.errors import InvalidInputError, StoreError
-from napari_lesion_diffkd.core.store.records import dumps, loads
+from napari_lesion_diffkd.core.store.records import dumps, filtered_rows, loads
 
 KINDS = ("base", "stroke", "accept", "undo", "redo", "model", "edit", "prompt", "review",
          "save")
@@ -213,14 +213,9 @@ _COLUMNS = ("id, image_id, session, seq, kind, layer, at, elapsed, label_version
 
 def events(store: Any, image: Any = None, session: str | None = None) -> list[InteractionEvent]:
     """Events of one image (or all) and optionally one session, by image, session, seq."""
-    sql, args = f"SELECT {_COLUMNS} FROM interaction_events WHERE 1", list[Any]()
-    if image is not None:
-        sql += " AND image_id = ?"
-        args.append(store.image(image).id)
-    if session is not None:
-        sql += " AND session = ?"
-        args.append(session)
-    rows = store.conn.execute(sql + " ORDER BY image_id, session, seq", args).fetchall()
+    rows = filtered_rows(store.conn, f"SELECT {_COLUMNS} FROM interaction_events", [
+        ("image_id", None if image is None else store.image(image).id),
+        ("session", session)], "image_id, session, seq")
     return [InteractionEvent.from_row(r, store.root) for r in rows]
 
 

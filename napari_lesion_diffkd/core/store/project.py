@@ -65,6 +65,7 @@ from napari_lesion_diffkd.core.store.records import (
     ImageRecord,
     LabelVersion,
     dumps,
+    filtered_rows,
 )
 from napari_lesion_diffkd.core.store.results import ResultsMixin
 from napari_lesion_diffkd.core.store.schema import (
@@ -448,14 +449,9 @@ class ProjectStore(ResultsMixin):
     def label_versions(self, image: ImageRef | None = None,
                        kind: str | None = None) -> list[LabelVersion]:
         """Versions of one image (or all), optionally of one kind, oldest first."""
-        sql, args = "SELECT * FROM label_versions WHERE 1", list[Any]()
-        if image is not None:
-            sql += " AND image_id = ?"
-            args.append(self.image(image).id)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
-        rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        rows = filtered_rows(self._conn, "SELECT * FROM label_versions", [
+            ("image_id", None if image is None else self.image(image).id),
+            ("kind", kind)], "id")
         return [LabelVersion.from_row(r, self.root) for r in rows]
 
     def current_label(self, image: ImageRef) -> LabelVersion | None:

@@ -22,6 +22,17 @@ def loads(text: str | None, default: Any = None) -> Any:
     return default if text is None else json.loads(text)
 
 
+def filtered_rows(conn: sqlite3.Connection, select: str,
+                  filters: list[tuple[str, Any]], order_by: str) -> list[sqlite3.Row]:
+    """Rows of ``select`` (``SELECT ... FROM table``) with ``column = ?`` for every filter
+    whose value is not None, ordered by ``order_by``. Column names and ``order_by`` are the
+    caller's constants, never user input; values are bound parameters."""
+    clauses = [f"{column} = ?" for column, value in filters if value is not None]
+    args = [value for _, value in filters if value is not None]
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    return conn.execute(f"{select}{where} ORDER BY {order_by}", args).fetchall()
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """An indexed image. ``shape`` is spatial, ``(Y, X)`` or ``(Z, Y, X)``; ``spacing`` in

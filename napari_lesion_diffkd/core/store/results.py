@@ -24,7 +24,12 @@ import numpy as np
 
 from napari_lesion_diffkd.core.store import files
 from napari_lesion_diffkd.core.store.errors import InvalidInputError, StoreError
-from napari_lesion_diffkd.core.store.records import ModelRecord, PredictionRecord, dumps
+from napari_lesion_diffkd.core.store.records import (
+    ModelRecord,
+    PredictionRecord,
+    dumps,
+    filtered_rows,
+)
 from napari_lesion_diffkd.core.store.schema import now
 
 if TYPE_CHECKING:
@@ -127,15 +132,9 @@ class ResultsMixin:
     def predictions(self, image: Any = None, model_name: str | None = None,
                     settings_key: str | None = None) -> list[PredictionRecord]:
         """Predictions, optionally of one image / model / settings key, oldest first."""
-        sql, args = "SELECT * FROM predictions WHERE 1", []
-        filters: list[tuple[str, Any]] = [
+        rows = filtered_rows(self._conn, "SELECT * FROM predictions", [
             ("image_id", None if image is None else self.image(image).id),
-            ("model_name", model_name), ("settings_key", settings_key)]
-        for column, value in filters:
-            if value is not None:
-                sql = f"{sql} AND {column} = ?"
-                args.append(value)
-        rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+            ("model_name", model_name), ("settings_key", settings_key)], "id")
         return [PredictionRecord.from_row(r, self.root) for r in rows]
 
     def read_prediction(self, prediction: int | PredictionRecord, part: str) -> np.ndarray:

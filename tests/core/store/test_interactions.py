@@ -22,7 +22,7 @@ from napari_lesion_diffkd.core.store.interactions import (
     record_events,
 )
 from napari_lesion_diffkd.core.store.replay import effort, replay_label
-from napari_lesion_diffkd.core.store.schema import DB_NAME, connect, migrate
+from tests.core.store.old_projects import old_database
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -45,13 +45,8 @@ def disc_stroke(shape: tuple[int, int], start: tuple[int, int], end: tuple[int, 
 
 def test_migration_5_on_a_version_4_database(tmp_path: Path, ph2_subset: Path) -> None:
     folder = tmp_path / "old"
-    folder.mkdir()
-    conn = connect(folder / DB_NAME)
-    assert migrate(conn, target=4) == 4  # a project written before the interaction log
-    image = min((ph2_subset / "images").iterdir()).resolve()
-    conn.execute("INSERT INTO images (name, path, modality, sha256, shape, channels, spacing,"
-                 " grp, added_at) VALUES ('a', ?, 'dermoscopy', 'ff', '[383, 512]', 3,"
-                 " '[1.0, 1.0]', 'a', 't')", (str(image),))
+    # a project written before the interaction log
+    conn = old_database(folder, 4, ph2_subset / "images")
     conn.execute("INSERT INTO label_versions (image_id, kind, created_at, file, sha256) "
                  "VALUES (1, 'human', 't', 'labels/x.png', 'ee')")
     assert "interaction_events" not in {r[0] for r in conn.execute(

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from napari_lesion_diffkd.core.store import SCHEMA_VERSION, ProjectStore, StoreError
-from napari_lesion_diffkd.core.store.schema import BUSY_TIMEOUT_MS, DB_NAME, connect, migrate
+from napari_lesion_diffkd.core.store.schema import BUSY_TIMEOUT_MS, DB_NAME
+from tests.core.store.old_projects import old_database
 
 
 def test_connection_settings(tmp_path: Path) -> None:
@@ -29,13 +30,8 @@ def test_connection_settings(tmp_path: Path) -> None:
 
 def test_migration_from_v1_keeps_the_data(tmp_path: Path, ph2_subset: Path) -> None:
     folder = tmp_path / "old"
-    folder.mkdir()
-    conn = connect(folder / DB_NAME)
-    assert migrate(conn, target=1) == 1  # a project written by the first release
-    image = min((ph2_subset / "images").iterdir()).resolve()
-    conn.execute("INSERT INTO images (name, path, modality, sha256, shape, channels, spacing,"
-                 " grp, added_at) VALUES ('a', ?, 'dermoscopy', 'ff', '[383, 512]', 3,"
-                 " '[1.0, 1.0]', 'a', 't')", (str(image),))
+    # a project written by the first release
+    conn = old_database(folder, 1, ph2_subset / "images")
     conn.execute("INSERT INTO label_versions (image_id, kind, created_at, file, sha256) "
                  "VALUES (1, 'human', 't', 'labels/x.png', 'ee')")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
